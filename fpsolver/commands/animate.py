@@ -1,0 +1,11 @@
+"""``fpsolver animate``: placeholder until its issue lands (says so and exits 2)."""
+
+from ..errors import UserError
+
+
+def add_parser(subparsers):
+    return subparsers.add_parser("animate", help="(not available yet)")
+
+
+def run(args):
+    raise UserError("fpsolver animate is not available in this version")

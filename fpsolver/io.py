@@ -1,0 +1,65 @@
+"""Atomic result files: write to a temporary name in the same folder, then rename.
+
+A crash or Ctrl-C therefore never leaves a half-written result behind.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_replace(path):
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(obj):
+    """Convert numpy scalars and arrays (recursively) to plain JSON types."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def to_json(obj, indent=2):
+    """JSON text of ``obj`` (numpy arrays become nested lists)."""
+    return json.dumps(_jsonable(obj), indent=indent, allow_nan=True)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_replace(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path, obj):
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, to_json(obj) + "\n")
+
+
+def atomic_savez(path, **arrays):
+    """``np.savez_compressed`` to ``path`` atomically (the name keeps its suffix)."""
+    with atomic_replace(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)

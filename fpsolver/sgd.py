@@ -1,0 +1,301 @@
+"""SGD hyperparameters + quadratic loss + gradient noise -> the phase-space OU model.
+
+Near a minimum μ of L_λ = L + (λ/2)‖θ‖², SGD with momentum (THEORY.md §3) is the
+underdamped Langevin equation m θ̈ + (1−β)θ̇ = −K(θ−μ) + √(η/S) Σ^{1/2} ξ, i.e. the
+Ornstein–Uhlenbeck process in phase space z = (θ, v) (absolute coordinates)::
+
+    dz = −A (z − z_μ) dt + B dW,   A = [[0, −I], [K/m, ((1−β)/m) I]],
+    D = ½BBᵀ = [[0, 0], [0, 2Σ/(ηS(1+β)²)]],   z_μ = (μ, 0),
+
+with mass m = η(1+β)/2, K = H + λI and time t = kη.
+"""
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .errors import CaseError, UnstableError
+
+SYMMETRY_RTOL = 1e-10
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    """Learning rate η > 0, momentum β ∈ [0, 1), weight decay λ ≥ 0, batch size S ≥ 1."""
+
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 1
+
+    def __post_init__(self):
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise CaseError(f"sgd.lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise CaseError(f"sgd.momentum must be in [0, 1), got {self.momentum}")
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise CaseError(f"sgd.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise CaseError(f"sgd.batch_size must be an integer >= 1, got {self.batch_size}")
+
+    @property
+    def mass(self):
+        """m = η(1+β)/2 (time units: t = kη)."""
+        return self.lr * (1 + self.momentum) / 2
+
+    @property
+    def friction(self):
+        """(1−β)/m = 2γ, the velocity damping rate per unit time."""
+        return (1 - self.momentum) / self.mass
+
+
+@dataclass(frozen=True)
+class LinearRegressionData:
+    """Inputs X (N, d) and labels y (N,) of a linear-regression loss L = ‖Xθ − y‖²/(2N)."""
+
+    X: np.ndarray
+    y: np.ndarray
+
+    @property
+    def hessian(self):
+        return self.X.T @ self.X / len(self.y)
+
+    def minimum(self, weight_decay):
+        """μ = (H + λI)⁻¹ Xᵀy/N, shape (d,)."""
+        d = self.X.shape[1]
+        return np.linalg.solve(self.hessian + weight_decay * np.eye(d), self.X.T @ self.y / len(self.y))
+
+    def per_sample_gradients(self, theta):
+        """g_i = x_i(x_iᵀθ − y_i), shape (N, d)."""
+        return self.X * (self.X @ theta - self.y)[:, None]
+
+    def gradient_covariance(self, theta):
+        """Σ(θ) = (1/N)Σ g_i g_iᵀ − ∇L∇Lᵀ, shape (d, d)."""
+        g = self.per_sample_gradients(theta)
+        return np.cov(g, rowvar=False, bias=True).reshape(len(theta), len(theta))
+
+
+def generate_linear_regression(config):
+    """The data set of a :class:`~fpsolver.case.LinearRegressionConfig` (deterministic in seed)."""
+    rng = np.random.default_rng(config.seed)
+    if config.feature_covariance is not None:
+        cov = np.array(config.feature_covariance, dtype=float)
+        _check_symmetric(cov, "loss.linear_regression.feature_covariance")
+    else:
+        eig = np.array(config.feature_eigenvalues, dtype=float)
+        rot = np.eye(len(eig))
+        if config.rotation_angle:
+            c, s = np.cos(config.rotation_angle), np.sin(config.rotation_angle)
+            rot = np.array([[c, -s], [s, c]])
+        cov = rot @ np.diag(eig) @ rot.T
+    evals, evecs = np.linalg.eigh(cov)
+    if evals.min() <= 0:
+        raise CaseError("loss.linear_regression feature covariance must be positive definite, "
+                        f"smallest eigenvalue {evals.min():.3g}")
+    d, n = len(cov), config.n_samples
+    if config.match_covariance and n <= d:
+        raise CaseError(f"loss.linear_regression.n_samples must exceed d = {d} for match_covariance")
+    root = evecs @ np.diag(np.sqrt(evals)) @ evecs.T
+    z = rng.standard_normal((n, d))
+    if config.match_covariance:
+        z -= z.mean(axis=0)
+        s_evals, s_evecs = np.linalg.eigh(z.T @ z / n)
+        z = z @ s_evecs @ np.diag(s_evals ** -0.5) @ s_evecs.T
+    X = z @ root
+    w = np.ones(d) if config.true_weights is None else np.array(config.true_weights, dtype=float)
+    y = X @ w + config.label_noise * rng.standard_normal(n)
+    return LinearRegressionData(X=X, y=y)
+
+
+def _check_symmetric(matrix, key):
+    if not np.all(np.isfinite(matrix)):
+        raise CaseError(f"{key} has non-finite entries")
+    asym = np.max(np.abs(matrix - matrix.T))
+    if asym > SYMMETRY_RTOL * max(np.max(np.abs(matrix)), 1e-300):
+        raise CaseError(f"{key} must be symmetric, max |M − Mᵀ| = {asym:.3g}")
+
+
+def _check_psd(matrix, key):
+    _check_symmetric(matrix, key)
+    smallest = np.linalg.eigvalsh(matrix).min()
+    if smallest < -SYMMETRY_RTOL * max(np.max(np.abs(matrix)), 1e-300):
+        raise CaseError(f"{key} must be positive semi-definite, smallest eigenvalue {smallest:.6g}")
+
+
+@dataclass(frozen=True, eq=False)
+class PhaseSpaceModel:
+    """The phase-space OU model of SGD near μ; all arrays in parameter units, t = kη.
+
+    ``hessian`` H (d, d), ``mu`` μ = argmin L_λ (d,), ``noise_cov`` Σ at μ (d, d) (per-example
+    gradient covariance; a batch mean has covariance Σ/S), ``sigma2`` the scalar noise scale
+    (exact for Σ = σ²H or σ²I, else fitted ⟨Σ, H⟩_F/‖H‖²_F), ``data`` the linear-regression
+    data set when there is one (state-dependent noise, level 3).
+    """
+
+    hyper: Hyperparameters
+    hessian: np.ndarray
+    mu: np.ndarray
+    noise_cov: np.ndarray
+    sigma2: float
+    noise_model: str = "matrix"
+    data: LinearRegressionData | None = None
+
+    def __post_init__(self):
+        d = len(self.mu)
+        if self.hessian.shape != (d, d) or self.noise_cov.shape != (d, d):
+            raise CaseError(f"hessian and noise matrix must be {d}x{d}")
+        _check_regularised_hessian(self.hessian, self.hyper.weight_decay)
+        _check_psd(self.noise_cov, "noise covariance Σ")
+        self._check_stability()
+
+    def _check_stability(self):
+        """Heavy-ball stability: η(h_i+λ) < 2(1+β) for every Hessian mode i."""
+        eta, beta = self.hyper.lr, self.hyper.momentum
+        bound = 2 * (1 + beta)
+        for i, k in enumerate(np.linalg.eigvalsh(self.K)):
+            if eta * k >= bound:
+                raise UnstableError(
+                    f"discrete SGD is unstable: mode {i} has η(h+λ) = {eta * k:.6g} >= 2(1+β) = "
+                    f"{bound:.6g} (over the bound by {100 * (eta * k / bound - 1):.3g} %); "
+                    f"lower sgd.lr below {bound / k:.6g}")
+
+    @classmethod
+    def from_arrays(cls, hessian, noise_cov, lr, momentum=0.0, weight_decay=0.0, batch_size=1,
+                    minimum=None):
+        """Model for L = ½(θ−θ*)ᵀH(θ−θ*) (θ* = ``minimum``, default 0) with constant Σ."""
+        hyper = Hyperparameters(lr, momentum, weight_decay, batch_size)
+        hessian = np.atleast_2d(np.asarray(hessian, dtype=float))
+        noise_cov = np.atleast_2d(np.asarray(noise_cov, dtype=float))
+        mu = _quadratic_minimum(hessian, weight_decay, minimum)
+        return cls(hyper, hessian, mu, noise_cov, _fitted_sigma2(noise_cov, hessian))
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def dim(self):
+        """d, the number of parameters; phase space has 2d axes."""
+        return len(self.mu)
+
+    @cached_property
+    def K(self):
+        """Hessian of the regularised loss, H + λI, shape (d, d)."""
+        return self.hessian + self.hyper.weight_decay * np.eye(self.dim)
+
+    @property
+    def mass(self):
+        return self.hyper.mass
+
+    @property
+    def friction(self):
+        return self.hyper.friction
+
+    @property
+    def gamma(self):
+        """γ = (1−β)/(η(1+β)), half the friction rate (1/time)."""
+        return self.friction / 2
+
+    @cached_property
+    def _hessian_eigh(self):
+        return np.linalg.eigh(self.hessian)
+
+    @property
+    def hessian_eigenvalues(self):
+        """h_i ascending, shape (d,)."""
+        return self._hessian_eigh[0]
+
+    @property
+    def hessian_eigenvectors(self):
+        """u_i as columns, shape (d, d)."""
+        return self._hessian_eigh[1]
+
+    @property
+    def omega(self):
+        """Undamped mode frequencies ω_i = √((h_i+λ)/m), per Hessian mode (1/time)."""
+        return np.sqrt((self.hessian_eigenvalues + self.hyper.weight_decay) / self.mass)
+
+    @property
+    def temperature(self):
+        """T = ησ²/(2S(1−β)) with the model's (possibly fitted) σ²."""
+        h = self.hyper
+        return h.lr * self.sigma2 / (2 * h.batch_size * (1 - h.momentum))
+
+    @property
+    def commuting(self):
+        """Whether Σ commutes with H (then generalised detailed balance holds)."""
+        c = self.noise_cov @ self.hessian - self.hessian @ self.noise_cov
+        scale = np.linalg.norm(self.noise_cov) * np.linalg.norm(self.hessian)
+        return bool(np.linalg.norm(c) <= 1e-12 * max(scale, 1e-300))
+
+    @cached_property
+    def drift(self):
+        """A (2d, 2d): dz = −A(z − z_μ)dt + B dW."""
+        d, m = self.dim, self.mass
+        eye = np.eye(d)
+        return np.block([[np.zeros((d, d)), -eye], [self.K / m, self.friction * eye]])
+
+    @cached_property
+    def diffusion(self):
+        """D = ½BBᵀ (2d, 2d); only the vv block (η/S)Σ/(2m²) is non-zero."""
+        d = self.dim
+        h = self.hyper
+        out = np.zeros((2 * d, 2 * d))
+        out[d:, d:] = (h.lr / h.batch_size) * self.noise_cov / (2 * self.mass ** 2)
+        return out
+
+    @property
+    def stationary_mean(self):
+        """z_μ = (μ, 0), shape (2d,)."""
+        return np.concatenate([self.mu, np.zeros(self.dim)])
+
+
+def _check_regularised_hessian(hessian, weight_decay):
+    """H symmetric and K = H + λI positive definite, else a CaseError naming the key."""
+    _check_symmetric(hessian, "loss.hessian")
+    k_min = np.linalg.eigvalsh(hessian + weight_decay * np.eye(len(hessian))).min()
+    if k_min <= 0:
+        raise CaseError("loss.hessian + weight_decay·I must be positive definite, "
+                        f"smallest eigenvalue {k_min:.6g}")
+
+
+def _quadratic_minimum(hessian, weight_decay, theta_star=None):
+    """μ = argmin ½(θ−θ*)ᵀH(θ−θ*) + (λ/2)‖θ‖² = K⁻¹Hθ*, shape (d,)."""
+    _check_regularised_hessian(hessian, weight_decay)
+    d = len(hessian)
+    theta_star = np.zeros(d) if theta_star is None else np.asarray(theta_star, dtype=float)
+    return np.linalg.solve(hessian + weight_decay * np.eye(d), hessian @ theta_star)
+
+
+def _fitted_sigma2(noise_cov, hessian):
+    """σ² = ⟨Σ, H⟩_F / ‖H‖²_F (exact when Σ = σ²H)."""
+    return float(np.sum(noise_cov * hessian) / np.sum(hessian * hessian))
+
+
+def build_model(case):
+    """The :class:`PhaseSpaceModel` of a :class:`~fpsolver.case.Case` (validates it)."""
+    s = case.sgd
+    hyper = Hyperparameters(s.lr, s.momentum, s.weight_decay, s.batch_size)
+    data = None
+    if case.loss.linear_regression is not None:
+        data = generate_linear_regression(case.loss.linear_regression)
+        hessian = data.hessian
+        mu = data.minimum(s.weight_decay)
+        exact_sigma = data.gradient_covariance(mu)
+    else:
+        hessian = np.array(case.loss.hessian, dtype=float)
+        mu = _quadratic_minimum(hessian, s.weight_decay, case.loss.minimum)
+        exact_sigma = None
+    noise = case.noise
+    d = len(hessian)
+    if noise.model == "exact":
+        sigma = exact_sigma
+    elif noise.model == "matrix":
+        sigma = np.array(noise.matrix, dtype=float)
+        _check_psd(sigma, "noise.matrix")
+    else:
+        sigma2 = noise.sigma2 if noise.sigma2 is not None else _fitted_sigma2(exact_sigma, hessian)
+        sigma = sigma2 * (hessian if noise.model == "proportional" else np.eye(d))
+        if noise.model == "proportional":
+            _check_psd(hessian, "loss.hessian (Σ = σ²H needs H positive semi-definite)")
+    sigma2 = (sigma2 if noise.model in ("proportional", "isotropic")
+              else _fitted_sigma2(sigma, hessian))
+    return PhaseSpaceModel(hyper, hessian, mu, sigma, float(sigma2), noise.model, data)

@@ -1,0 +1,332 @@
+"""Exact Gaussian theory of the phase-space OU model and of the discrete SGD recursion.
+
+Three levels of prediction (THEORY.md §8):
+
+1. continuous OU: Lyapunov AP + PAᵀ = 2D, transients N(e^{−At}z₀, P(t)), Ψ, J_ss, Q;
+2. the exact linear recursion with additive noise (discrete Lyapunov);
+3. the exact discrete second moments with the state-dependent noise of linear regression.
+
+Phase-space vectors z = (θ₁..θ_d, v₁..v_d) are absolute; covariances are (2d, 2d) in that
+axis order; time t = kη.
+"""
+
+import numpy as np
+import scipy.linalg as sla
+
+from .errors import UserError
+
+# ------------------------------------------------------------------ level 1: continuous
+
+
+def stationary_cov(model):
+    """Continuous stationary covariance P (2d, 2d): AP + PAᵀ = 2D."""
+    p = sla.solve_continuous_lyapunov(model.drift, 2 * model.diffusion)
+    return (p + p.T) / 2
+
+
+def stationary_cov_closed_form(model):
+    """P for Σ commuting with H: P_θθ = ηΣK⁻¹/(2S(1−β)), P_vv = Σ/(S(1−β²)), P_θv = 0."""
+    if not model.commuting:
+        raise UserError("the closed-form stationary covariance needs Σ to commute with H")
+    h, d = model.hyper, model.dim
+    sigma = model.noise_cov
+    p = np.zeros((2 * d, 2 * d))
+    p[:d, :d] = h.lr * sigma @ np.linalg.inv(model.K) / (2 * h.batch_size * (1 - h.momentum))
+    p[d:, d:] = sigma / (h.batch_size * (1 - h.momentum ** 2))
+    return (p + p.T) / 2
+
+
+def propagator(model, t):
+    """e^{−At} (2d, 2d) for time t ≥ 0."""
+    return sla.expm(-model.drift * t)
+
+
+def transient_moments(model, mean0, cov0, t):
+    """Mean (2d,) and covariance (2d, 2d) at time t of the OU process from N(mean0, cov0).
+
+    mean(t) = z_μ + e^{−At}(mean0 − z_μ),  P(t) = P_ss + e^{−At}(cov0 − P_ss)e^{−Aᵀt}.
+    """
+    e = propagator(model, t)
+    p_ss = stationary_cov(model)
+    zmu = model.stationary_mean
+    mean = zmu + e @ (np.asarray(mean0, dtype=float) - zmu)
+    cov = p_ss + e @ (np.asarray(cov0, dtype=float) - p_ss) @ e.T
+    return mean, (cov + cov.T) / 2
+
+
+def gaussian_density(mean, cov, z):
+    """N(mean, cov) density at points z (..., n)."""
+    y = np.asarray(z, dtype=float) - mean
+    prec = np.linalg.inv(cov)
+    n = len(mean)
+    norm = 1.0 / np.sqrt((2 * np.pi) ** n * np.linalg.det(cov))
+    with np.errstate(under="ignore"):
+        return norm * np.exp(-0.5 * np.einsum("...i,ij,...j->...", y, prec, y))
+
+
+def gaussian_cell_averages(mean, cov, edges, order=None):
+    """Cell averages of the N(mean, cov) density on a tensor grid.
+
+    ``edges``: one 1-D array of cell edges per axis (n axes); returns shape
+    (len(e)−1 for e in edges). Gauss–Legendre with ``order`` points per axis per cell
+    (default 4 for n ≤ 2, else 2): error O(h^{2·order}) relative to the cell average.
+    """
+    edges = [np.asarray(e, dtype=float) for e in edges]
+    n = len(edges)
+    if order is None:
+        order = 4 if n <= 2 else 2
+    nodes, weights = np.polynomial.legendre.leggauss(order)
+    points, wts = [], []
+    for e, m in zip(edges, mean):
+        lo, width = e[:-1, None], np.diff(e)[:, None]
+        points.append((lo + width * (nodes + 1) / 2).ravel() - m)
+        wts.append(np.broadcast_to(weights / 2, (len(e) - 1, order)).ravel())
+    prec = np.linalg.inv(cov)
+    log_norm = -0.5 * (n * np.log(2 * np.pi) + np.linalg.slogdet(cov)[1])
+    shape = tuple(len(e) - 1 for e in edges)
+    out = np.empty(shape)
+    for i0 in range(shape[0]):  # one slab of cells along axis 0 at a time (memory)
+        sl = slice(i0 * order, (i0 + 1) * order)
+        axes = [points[0][sl]] + points[1:]
+        grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+        quad = sum(prec[a, b] * grids[a] * grids[b] for a in range(n) for b in range(n))
+        with np.errstate(under="ignore"):
+            dens = np.exp(log_norm - 0.5 * quad)
+        w = np.ones(1)
+        for a, wa in enumerate([wts[0][sl]] + wts[1:]):
+            w = np.multiply.outer(w, wa)
+        vals = (dens * w[0]).reshape(sum(((s, order) for s in (1,) + shape[1:]), ()))
+        out[i0] = vals.sum(axis=tuple(range(1, 2 * n, 2)))[0]
+    return out
+
+
+def stationary_density(model, z):
+    """p_ss at points z (..., 2d)."""
+    return gaussian_density(model.stationary_mean, stationary_cov(model), z)
+
+
+def rotation_Q(model):
+    """Q = AP − D (2d, 2d), antisymmetric; A = (D + Q)P⁻¹."""
+    q = model.drift @ stationary_cov(model) - model.diffusion
+    return (q - q.T) / 2
+
+
+def gaussian_current(model, mean, cov, z):
+    """Exact probability current J = −A(z − z_μ)p − D∇p (..., 2d) of a Gaussian p = N(mean, cov)."""
+    z = np.asarray(z, dtype=float)
+    p = gaussian_density(mean, cov, z)[..., None]
+    grad_log = -(z - mean) @ np.linalg.inv(cov).T
+    drift = -(z - model.stationary_mean) @ model.drift.T
+    return drift * p - (grad_log @ model.diffusion.T) * p
+
+
+def stationary_current(model, z):
+    """J_ss = −QP⁻¹(z − z_μ) p_ss (..., 2d); for Σ = σ²H, [v; −(K/m)(θ−μ)]p_ss."""
+    return gaussian_current(model, model.stationary_mean, stationary_cov(model), z)
+
+
+def current_velocity_matrix(model):
+    """−QP⁻¹ (2d, 2d): J_ss/p_ss = −QP⁻¹(z − z_μ)."""
+    return -rotation_Q(model) @ np.linalg.inv(stationary_cov(model))
+
+
+def modified_loss(model, z):
+    """Ψ(z) = (T/2)(z − z_μ)ᵀP⁻¹(z − z_μ), so p_ss ∝ exp(−Ψ/T); shape z.shape[:-1]."""
+    y = np.asarray(z, dtype=float) - model.stationary_mean
+    prec = np.linalg.inv(stationary_cov(model))
+    return 0.5 * model.temperature * np.einsum("...i,ij,...j->...", y, prec, y)
+
+
+def modified_loss_hessian(model):
+    """Closed-form Hess Ψ (2d, 2d) for Σ = σ²H: blockdiag(I + λH⁻¹, (η(1+β)/2)H⁻¹).
+
+    For Σ = σ²I it is the Gibbs law blockdiag(K, mI). Other noise: T P⁻¹.
+    """
+    d, h = model.dim, model.hyper
+    out = np.zeros((2 * d, 2 * d))
+    if model.noise_model == "proportional":
+        h_inv = np.linalg.inv(model.hessian)
+        out[:d, :d] = np.eye(d) + h.weight_decay * h_inv
+        out[d:, d:] = h.lr * (1 + h.momentum) / 2 * h_inv
+    elif model.noise_model == "isotropic":
+        out[:d, :d] = model.K
+        out[d:, d:] = model.mass * np.eye(d)
+    else:
+        out = model.temperature * np.linalg.inv(stationary_cov(model))
+    return out
+
+
+def rotation_frequencies(model):
+    """Per Hessian mode: undamped ω_i and damped f_i = √(ω_i² − γ²) (0 if overdamped)."""
+    omega = model.omega
+    f2 = omega ** 2 - model.gamma ** 2
+    return omega, np.sqrt(np.clip(f2, 0, None))
+
+
+def detailed_balance_residuals(model):
+    """Generalised detailed balance with parity ε = diag(I, −I) (Frobenius, relative).
+
+    Returns (‖P − εPε‖/‖P‖, ‖AP − ε(AP)ᵀε‖/‖AP‖); both 0 iff [Σ, H] = 0.
+    """
+    d = model.dim
+    eps = np.diag(np.r_[np.ones(d), -np.ones(d)])
+    p = stationary_cov(model)
+    ap = model.drift @ p
+    r1 = np.linalg.norm(p - eps @ p @ eps) / np.linalg.norm(p)
+    r2 = np.linalg.norm(ap - eps @ ap.T @ eps) / np.linalg.norm(ap)
+    return float(r1), float(r2)
+
+
+def position_current_matrix(model):
+    """P_vθP_θθ⁻¹ (d, d): the position-space current J_θ(θ) = P_vθP_θθ⁻¹(θ − μ)p(θ)."""
+    d = model.dim
+    p = stationary_cov(model)
+    return p[d:, :d] @ np.linalg.inv(p[:d, :d])
+
+
+# ------------------------------------------------------------------ level 2: discrete
+
+
+def discrete_matrices(model):
+    """F (2d, 2d), G (2d, d), per-step noise covariance Σ/S of z_k = (θ_k − μ, buf_k)."""
+    d, h = model.dim, model.hyper
+    eye = np.eye(d)
+    f = np.block([[eye - h.lr * model.K, -h.lr * h.momentum * eye], [model.K, h.momentum * eye]])
+    g = np.vstack([-h.lr * eye, eye])
+    return f, g, model.noise_cov / h.batch_size
+
+
+_CONVENTIONS = ("recorded", "midpoint")
+
+
+def _to_phase_space(model, cov_state, convention):
+    """(θ − μ, buf) covariance -> (θ, v) in the recorded-pair or midpoint convention.
+
+    Recorded pair (θ_{k+1}, v_k = −buf_{k+1}); midpoint ((θ_k + θ_{k+1})/2, v_k) =
+    (θ_{k+1} − (η/2)v_k, v_k).
+    """
+    if convention not in _CONVENTIONS:
+        raise UserError(f"convention must be one of {', '.join(_CONVENTIONS)}, got {convention!r}")
+    d = model.dim
+    t = np.block([[np.eye(d), np.zeros((d, d))], [np.zeros((d, d)), -np.eye(d)]])
+    if convention == "midpoint":
+        t = np.block([[np.eye(d), -model.hyper.lr / 2 * np.eye(d)],
+                      [np.zeros((d, d)), np.eye(d)]]) @ t
+    c = t @ cov_state @ t.T
+    return (c + c.T) / 2
+
+
+def _discrete_state_cov(model):
+    f, g, q = discrete_matrices(model)
+    p = sla.solve_discrete_lyapunov(f, g @ q @ g.T)
+    return (p + p.T) / 2
+
+
+def discrete_stationary_cov(model, convention="recorded"):
+    """Level 2: exact stationary covariance (2d, 2d) of the recursion with additive noise."""
+    return _to_phase_space(model, _discrete_state_cov(model), convention)
+
+
+def discrete_ratio(model):
+    """r_d(h_i) = 1/(1 − η(h_i+λ)/(2(1+β))) per Hessian mode: level 2 / level 1."""
+    h = model.hyper
+    return 1.0 / (1.0 - h.lr * (model.hessian_eigenvalues + h.weight_decay) / (2 * (1 + h.momentum)))
+
+
+def state_noise_ratio_first_order(model):
+    """First-order r_s(h_i) ≈ 1 + η(tr H + h_i)/(2S(1−β)): level 3 / level 2 (Gaussian inputs)."""
+    h = model.hyper
+    return 1 + h.lr * (np.trace(model.hessian) + model.hessian_eigenvalues) / (
+        2 * h.batch_size * (1 - h.momentum))
+
+
+# ------------------------------------------------------------------ level 3: state noise
+
+
+def _fourth_moment_map(model):
+    """X ↦ E_i[(x_ix_iᵀ − H) X (x_ix_iᵀ − H)] (d, d) -> (d, d), from the data set."""
+    x, hess = model.data.X, model.hessian
+    n = len(x)
+
+    def apply(m):
+        w = np.einsum("ij,jk,ik->i", x, m, x)
+        return (x.T * w) @ x / n - hess @ m @ hess
+    return apply
+
+
+def exact_stationary_cov(model, convention="recorded", rtol=1e-13, max_iter=2000):
+    """Level 3: exact stationary covariance with linear regression's state-dependent noise.
+
+    P = FPFᵀ + (1/S)E_i[Δ_iPΔ_iᵀ] + G(Σ(μ)/S)Gᵀ with i.i.d. batches, solved by a
+    fixed point of discrete Lyapunov solves (contraction factor ≈ r_s − 1).
+    """
+    if model.data is None:
+        raise UserError("level 3 (exact state-dependent noise) needs a linear-regression case")
+    f, g, q = discrete_matrices(model)
+    d, h = model.dim, model.hyper
+    fourth = _fourth_moment_map(model)
+    c = np.array([[h.lr ** 2, -h.lr], [-h.lr, 1.0]])  # Δ_i = [−η; 1] ⊗ a_i acting on θ
+    base = g @ q @ g.T
+    p = sla.solve_discrete_lyapunov(f, base)
+    for _ in range(max_iter):
+        source = base + np.kron(c, fourth(p[:d, :d])) / h.batch_size
+        new = sla.solve_discrete_lyapunov(f, source)
+        new = (new + new.T) / 2
+        if not np.all(np.isfinite(new)) or np.linalg.norm(new) > 1e12 * np.linalg.norm(base):
+            break
+        if np.linalg.norm(new - p) <= rtol * np.linalg.norm(new):
+            return _to_phase_space(model, new, convention)
+        p = new
+    raise UserError("level 3 diverges: state-dependent noise makes the second moments of SGD "
+                    "unbounded at these hyperparameters (lower sgd.lr or raise sgd.batch_size)")
+
+
+# ------------------------------------------------------------------ anomalous diffusion
+
+
+def diffusion_curve_continuous(model, theta0, k, start="point"):
+    """E‖θ(t) − θ₀‖² at t = kη of the OU model, v₀ = 0.
+
+    ``start="point"``: θ₀ fixed (drift a = θ₀ − μ plus noise); ``"stationary"``: θ₀ ~ p_ss.
+    ``k``: steps (array); returns an array of the same shape.
+    """
+    d = model.dim
+    k = np.asarray(k, dtype=float)
+    a = np.asarray(theta0, dtype=float) - model.mu
+    p = stationary_cov(model)
+    out = np.empty(k.shape)
+    for idx, kk in np.ndenumerate(k):
+        e = propagator(model, kk * model.hyper.lr)
+        if start == "stationary":
+            out[idx] = 2 * np.trace(p[:d, :d] - (e @ p)[:d, :d])
+        else:
+            drift = (e[:d, :d] - np.eye(d)) @ a
+            cov = p - e @ p @ e.T
+            out[idx] = drift @ drift + np.trace(cov[:d, :d])
+    return out
+
+
+def diffusion_curve_discrete(model, theta0, k):
+    """Level 2 E‖θ_k − θ₀‖² of the recursion from (θ₀, buf₀ = 0), exactly; k: int array."""
+    d = model.dim
+    f, _, _ = discrete_matrices(model)
+    p = _discrete_state_cov(model)
+    z0 = np.concatenate([np.asarray(theta0, dtype=float) - model.mu, np.zeros(d)])
+    a = z0[:d]
+    k = np.asarray(k)
+    out = np.empty(k.shape)
+    for idx, kk in np.ndenumerate(k):
+        fk = np.linalg.matrix_power(f, int(kk))
+        mean = (fk @ z0)[:d]
+        cov = p - fk @ p @ fk.T
+        out[idx] = (mean - a) @ (mean - a) + np.trace(cov[:d, :d])
+    return out
+
+
+def fit_exponent(k, delta, k1, k2):
+    """c: least-squares slope of log Δ against log k over k1 ≤ k ≤ k2."""
+    k, delta = np.asarray(k, dtype=float), np.asarray(delta, dtype=float)
+    sel = (k >= k1) & (k <= k2) & (delta > 0)
+    if sel.sum() < 2:
+        raise UserError(f"the window [{k1}, {k2}] holds fewer than two positive points")
+    return float(np.polyfit(np.log(k[sel]), np.log(delta[sel]), 1)[0])
