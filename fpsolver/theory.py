@@ -37,8 +37,9 @@ def stationary_cov_closed_form(model):
 
 
 def propagator(model, t):
-    """e^{−At} (2d, 2d) for time t ≥ 0."""
-    return sla.expm(-model.drift * t)
+    """e^{−At} (2d, 2d) for time t ≥ 0 (entries that decay below 1e-308 flush to zero)."""
+    with np.errstate(under="ignore"):
+        return sla.expm(-model.drift * t)
 
 
 def transient_moments(model, mean0, cov0, t):
@@ -49,8 +50,9 @@ def transient_moments(model, mean0, cov0, t):
     e = propagator(model, t)
     p_ss = stationary_cov(model)
     zmu = model.stationary_mean
-    mean = zmu + e @ (np.asarray(mean0, dtype=float) - zmu)
-    cov = p_ss + e @ (np.asarray(cov0, dtype=float) - p_ss) @ e.T
+    with np.errstate(under="ignore"):
+        mean = zmu + e @ (np.asarray(mean0, dtype=float) - zmu)
+        cov = p_ss + e @ (np.asarray(cov0, dtype=float) - p_ss) @ e.T
     return mean, (cov + cov.T) / 2
 
 
@@ -297,12 +299,13 @@ def diffusion_curve_continuous(model, theta0, k, start="point"):
     out = np.empty(k.shape)
     for idx, kk in np.ndenumerate(k):
         e = propagator(model, kk * model.hyper.lr)
-        if start == "stationary":
-            out[idx] = 2 * np.trace(p[:d, :d] - (e @ p)[:d, :d])
-        else:
-            drift = (e[:d, :d] - np.eye(d)) @ a
-            cov = p - e @ p @ e.T
-            out[idx] = drift @ drift + np.trace(cov[:d, :d])
+        with np.errstate(under="ignore"):
+            if start == "stationary":
+                out[idx] = 2 * np.trace(p[:d, :d] - (e @ p)[:d, :d])
+            else:
+                drift = (e[:d, :d] - np.eye(d)) @ a
+                cov = p - e @ p @ e.T
+                out[idx] = drift @ drift + np.trace(cov[:d, :d])
     return out
 
 
@@ -316,9 +319,10 @@ def diffusion_curve_discrete(model, theta0, k):
     k = np.asarray(k)
     out = np.empty(k.shape)
     for idx, kk in np.ndenumerate(k):
-        fk = np.linalg.matrix_power(f, int(kk))
-        mean = (fk @ z0)[:d]
-        cov = p - fk @ p @ fk.T
+        with np.errstate(under="ignore"):
+            fk = np.linalg.matrix_power(f, int(kk))
+            mean = (fk @ z0)[:d]
+            cov = p - fk @ p @ fk.T
         out[idx] = (mean - a) @ (mean - a) + np.trace(cov[:d, :d])
     return out
 

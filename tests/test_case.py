@@ -1,0 +1,171 @@
+"""Case files and the model: every bad input gets one line naming the key or the bound."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fpsolver.case import case_from_dict, case_to_dict, default_case, load_case
+from fpsolver.errors import CaseError, UnstableError
+from fpsolver.sgd import PhaseSpaceModel, build_model
+
+BASE = {
+    "name": "t",
+    "sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01, "batch_size": 8},
+    "loss": {"hessian": [[0.97, 0.0], [0.0, 0.09]]},
+    "noise": {"model": "proportional", "sigma2": 0.25},
+}
+
+
+def with_(path, value):
+    """BASE with the dotted key ``path`` set to ``value`` (None deletes it)."""
+    import copy
+
+    data = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(last)
+    else:
+        node[last] = value
+    return data
+
+
+def test_default_case_is_two_dimensional_and_valid():
+    case = default_case()
+    model = build_model(case)
+    assert case.dim == 1 and case.grid.cells == (128, 128) and case.grid.width == (6.0, 6.0)
+    assert model.omega[0] == pytest.approx(np.sqrt(0.98 / 0.0475), rel=1e-14)
+    assert case.run.t_final is None
+
+
+def test_round_trip_and_toml(tmp_path):
+    case = case_from_dict(BASE)
+    assert case_from_dict(case_to_dict(case)) == case
+    path = tmp_path / "c.toml"
+    path.write_text('name = "x"\n[sgd]\nlr = 0.05\nmomentum = 0.9\nbatch_size = 8\n'
+                    '[loss]\nhessian = [[1.0]]\n[noise]\nsigma2 = 0.25\n'
+                    '[grid]\ncells = [64, 32]\n[run]\nt_final = 2\ninitial_mean = [0.1, 0]\n')
+    loaded = load_case(path)
+    assert loaded.grid.cells == (64, 32) and loaded.run.t_final == 2.0
+    assert loaded.run.initial_mean == (0.1, 0.0) and loaded.sgd.weight_decay == 0.0
+    assert loaded.replace(run={"t_final": 3.0}).run.t_final == 3.0
+
+
+def test_cases_are_frozen():
+    case = case_from_dict(BASE)
+    with pytest.raises(AttributeError):
+        case.sgd.lr = 1.0
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("sgd.lr", 0.0, "sgd.lr must be > 0"),
+    ("sgd.lr", -0.1, "sgd.lr must be > 0"),
+    ("sgd.lr", "fast", "sgd.lr must be a number, got str"),
+    ("sgd.momentum", 1.0, "sgd.momentum must be in [0, 1)"),
+    ("sgd.momentum", -0.1, "sgd.momentum must be in [0, 1)"),
+    ("sgd.batch_size", 0, "sgd.batch_size must be >= 1"),
+    ("sgd.batch_size", 2.5, "sgd.batch_size must be an integer"),
+    ("sgd.nesterov", True, "unknown key sgd.nesterov"),
+    ("sgd.lr", None, "missing required key sgd.lr"),
+    ("colour", "red", "unknown key colour"),
+    ("noise.sigma2", -0.1, "noise.sigma2 must be >= 0"),
+    ("noise.model", "pink", "noise.model must be one of"),
+    ("noise.sigma2", None, "noise.sigma2 is required"),
+    ("loss.hessian", [[1.0, 0.2], [0.1, 1.0]], "loss.hessian must be symmetric"),
+    ("loss.hessian", [[1.0, 0.0], [0.0, -0.5]], "positive definite, smallest eigenvalue -0.49"),
+    ("loss.hessian", [[1.0, 0.0]], "loss.hessian must be a square matrix"),
+    ("loss.hessian", [[1.0, 0.0], [0.0, float("nan")]], "must be finite"),
+    ("grid.cells", 4, "grid.cells must be >= 8"),
+    ("grid.cells", [64, 64, 64], "grid.cells must have 1 or 4 entries"),
+    ("run.t_final", 0.0, "run.t_final must be > 0"),
+    ("run.initial_mean", [0.1, 0.2], "run.initial_mean must have 4 entries"),
+])
+def test_bad_input_names_the_key(path, value, message):
+    with pytest.raises(CaseError, match=None) as info:
+        build_model(case_from_dict(with_(path, value)))
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_noise_matrix_must_be_symmetric_psd():
+    bad = with_("noise", {"model": "matrix", "matrix": [[1.0, 2.0], [2.0, 1.0]]})
+    with pytest.raises(CaseError, match="noise.matrix must be positive semi-definite, smallest "
+                                        "eigenvalue -1"):
+        build_model(case_from_dict(bad))
+    asym = with_("noise", {"model": "matrix", "matrix": [[1.0, 0.1], [0.0, 1.0]]})
+    with pytest.raises(CaseError, match="noise.matrix must be symmetric"):
+        build_model(case_from_dict(asym))
+
+
+def test_unstable_hyperparameters_say_which_mode_and_by_how_much():
+    # mode 1: η(h+λ) = 2.1·(0.97+0.01) = 2.058 vs 2(1+β) = 2 -> 2.9 % over
+    bad = with_("sgd", {"lr": 2.1, "momentum": 0.0, "weight_decay": 0.01, "batch_size": 8})
+    with pytest.raises(UnstableError) as info:
+        build_model(case_from_dict(bad))
+    text = str(info.value)
+    assert "mode 1" in text and "η(h+λ) = 2.058 >= 2(1+β) = 2" in text
+    assert "over the bound by 2.9 %" in text and "below 2.04082" in text
+
+
+def test_batch_size_above_samples():
+    data = with_("loss", {"linear_regression": {"n_samples": 6, "feature_eigenvalues": [1.0]}})
+    data.pop("noise")
+    with pytest.raises(CaseError, match="sgd.batch_size = 8 exceeds "
+                                        "loss.linear_regression.n_samples = 6"):
+        case_from_dict(data)
+
+
+def test_from_arrays_validates_too():
+    with pytest.raises(CaseError, match="sgd.momentum"):
+        PhaseSpaceModel.from_arrays([[1.0]], [[1.0]], lr=0.1, momentum=1.2)
+    with pytest.raises(UnstableError, match="mode 0"):
+        PhaseSpaceModel.from_arrays([[1.0]], [[1.0]], lr=4.5, momentum=0.1)
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fpsolver", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_cli_bad_case_is_one_line_without_traceback(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[sgd]\nlr = 0.05\nmomentum = 'high'\n[loss]\nhessian = [[1.0]]\n"
+                    "[noise]\nsigma2 = 0.1\n")
+    res = _cli("theory", str(path))
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("fpsolver: error: sgd.momentum must be a number, "
+                                  "got str 'high'")
+    assert "Traceback" not in res.stderr
+    path.write_text("[sgd\nlr=1")
+    res = _cli("theory", str(path))
+    assert res.returncode == 2 and "is not valid TOML" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_cli_theory_json_contract(tmp_path):
+    import json
+
+    path = tmp_path / "lr.toml"
+    path.write_text("[sgd]\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.01\nbatch_size = 8\n"
+                    "[loss.linear_regression]\nn_samples = 256\n"
+                    "feature_covariance = [[0.755734, 0.379458], [0.379458, 0.309074]]\n")
+    res = _cli("theory", str(path), "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    for key in ("dim", "temperature", "mass", "gamma", "rotation_frequencies",
+                "stationary_mean", "stationary_cov_continuous", "stationary_cov_discrete",
+                "stationary_cov_discrete_midpoint", "stationary_cov_exact", "Q",
+                "detailed_balance_residual"):
+        assert key in out
+    assert out["dim"] == 2 and np.shape(out["stationary_cov_exact"]) == (4, 4)
+    np.testing.assert_allclose(out["rotation_frequencies"], [1.466132, 4.548463], atol=5e-7)
+    assert out["mass"] == pytest.approx(0.0475)
+    # level 3 exceeds level 2 exceeds level 1 on Var θ (both corrections are > 1)
+    cont, disc, exact = (np.array(out[k]) for k in ("stationary_cov_continuous",
+                                                    "stationary_cov_discrete",
+                                                    "stationary_cov_exact"))
+    assert np.trace(exact[:2, :2]) > np.trace(disc[:2, :2]) > np.trace(cont[:2, :2])
