@@ -1,0 +1,642 @@
+"""Hyperparameter sweeps on Dask: sweep files, points, per-point evaluation, resumable results.
+
+A sweep file (TOML) names a base case and the axes to vary::
+
+    name = "lr_batch_momentum"
+    base = "case.toml"          # a case file relative to the sweep file, or an inline [base] table
+    mode = "one-at-a-time"      # or "grid" (Cartesian product)
+    seed = 0                    # sweep seed; point i simulates with seed_of(seed, i)
+    levels = [1, 2, 3]          # theory levels: continuous, discrete, exact (linear regression)
+
+    [spectrum]                  # optional power-law Hessian h_i = h_max·i^(−alpha), i = 1..dim
+    dim = 30                    # (feature eigenvalues of a linear-regression base case)
+    alpha = 1.0
+    h_max = 1.0
+
+    [axes]                      # a list, or {log = [lo, hi], num = n}, or {linear = [lo, hi], num = n}
+    lr = {log = [0.003, 0.3], num = 20}
+    batch_size = [2, 4, 8, 16]  # also: momentum, weight_decay, sigma2, label_noise, dim, alpha, h_max
+
+    [simulate]                  # optional: Monte-Carlo SGD per point (i.i.d. batches by default)
+    chains = 256
+    steps = 2000
+    burn_in = 1000
+
+    [diffusion]                 # optional: Δ(k) = ‖θ_k − θ₀‖² from θ₀ = μ + offset·(1,…,1)/√d, v₀ = 0
+    k_max = 1000
+    num_k = 30
+    windows = [[10, 100], [100, 1000]]
+    offset = 0.0
+
+Points are evaluated by :func:`evaluate_point` (pure: same point, same row, on any worker);
+:func:`run_sweep` farms them out on a ``dask.distributed`` cluster, writes one JSON file per
+finished point (atomically) into ``OUT/points/`` and consolidates them into
+``OUT/results.parquet`` and ``OUT/results.csv``. A killed sweep resumes: finished points are
+skipped. Bad hyperparameters (unstable SGD, diverging level 3) make a ``failed`` row with
+the message; unexpected exceptions are retried by Dask, then recorded as ``error`` rows
+(re-run on resume).
+"""
+
+import copy
+import hashlib
+import itertools
+import json
+import math
+import time
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .case import _choice, _positive, _scalar, _table, _take, case_from_dict, case_to_dict, load_case
+from .errors import CaseError, UserError
+from .io import atomic_replace, atomic_write_json, to_json
+
+MODES = ("one-at-a-time", "grid")
+LEVELS = {1: "continuous", 2: "discrete", 3: "exact"}
+SGD_AXES = ("lr", "momentum", "weight_decay", "batch_size")
+SPECTRUM_AXES = ("dim", "alpha", "h_max")
+AXES = SGD_AXES + ("sigma2", "label_noise") + SPECTRUM_AXES
+INT_AXES = ("batch_size", "dim")
+RETRIES = 2
+POINTS_DIR = "points"
+#: columns that legitimately differ between runs of the same sweep
+RUN_COLUMNS = ("wall_time_s", "worker")
+
+
+@dataclass(frozen=True)
+class SimulateSpec:
+    """Monte-Carlo SGD per point: chains, recorded steps after ``burn_in`` steps from μ."""
+
+    chains: int = 256
+    steps: int = 2000
+    burn_in: int = 1000
+    batches: str = "iid"
+    record_every: int = 1
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """Δ(k) on ``num_k`` log-spaced steps up to ``k_max``; exponents fitted on ``windows``."""
+
+    k_max: int = 1000
+    num_k: int = 30
+    windows: tuple = ((10, 100),)
+    offset: float = 0.0
+    chains: int | None = None
+
+    @property
+    def k(self):
+        """The steps k (int array, ascending, unique) at which Δ is evaluated."""
+        return np.unique(np.round(np.logspace(0, math.log10(self.k_max), self.num_k)).astype(int))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A validated sweep: the base case (TOML-shaped dict), axes and what to compute."""
+
+    name: str
+    base: dict
+    mode: str
+    seed: int
+    levels: tuple
+    axes: tuple            # ((axis, (values...)), ...) in file order
+    spectrum: dict | None  # {"dim", "alpha", "h_max"} base values, or None
+    simulate: SimulateSpec | None
+    diffusion: DiffusionSpec | None
+
+    def fingerprint(self):
+        """A hash of everything that defines the points' results (for safe resumes)."""
+        return hashlib.sha256(to_json(asdict(self), indent=None).encode()).hexdigest()[:16]
+
+    def points(self):
+        """The sweep's points, in a fixed order (see :func:`expand_points`)."""
+        return expand_points(self)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point: its index, the axis it varies ("grid" in grid mode) and its axis values."""
+
+    index: int
+    axis: str
+    params: dict
+    seed: int
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _axis_values(value, key):
+    """A list of numbers, or {log|linear = [lo, hi], num = n} -> tuple of values."""
+    kind = int if key.split(".")[-1] in INT_AXES else float
+    if isinstance(value, list):
+        if not value:
+            raise CaseError(f"{key} must be a non-empty list or a {{log|linear = [lo, hi], num = n}} table")
+        return tuple(_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
+    table = _table(value, key)
+    spacing = [s for s in ("log", "linear") if s in table]
+    if len(spacing) != 1:
+        raise CaseError(f"{key} needs exactly one of log = [lo, hi] or linear = [lo, hi]")
+    spec = {spacing[0]: lambda v, k: tuple(_scalar(x, float, k) for x in _pair(v, k)),
+            "num": _positive(int)}
+    values = _take(table, key, spec, required=("num",))
+    lo, hi = values[spacing[0]]
+    if spacing[0] == "log":
+        if lo <= 0 or hi <= 0:
+            raise CaseError(f"{key}.log bounds must be > 0, got [{lo}, {hi}]")
+        grid = np.geomspace(lo, hi, values["num"])
+    else:
+        grid = np.linspace(lo, hi, values["num"])
+    if kind is int:
+        return tuple(int(v) for v in np.round(grid))
+    return tuple(float(v) for v in grid)
+
+
+def _pair(value, key):
+    if not isinstance(value, list) or len(value) != 2:
+        raise CaseError(f"{key} must be a [lo, hi] pair, got {value!r}")
+    return value
+
+
+def _parse_axes(data):
+    table = _table(data, "axes")
+    unknown = sorted(set(table) - set(AXES))
+    if unknown:
+        raise CaseError(f"unknown key axes.{unknown[0]} (known: {', '.join(AXES)})")
+    if not table:
+        raise CaseError("[axes] must name at least one axis")
+    return tuple((name, _axis_values(value, f"axes.{name}")) for name, value in table.items())
+
+
+def _parse_spectrum(data):
+    spec = {"dim": _positive(int), "alpha": _num_float, "h_max": _positive(float)}
+    return _take(_table(data, "spectrum"), "spectrum", spec, required=("dim",))
+
+
+def _num_float(value, key):
+    return _scalar(value, float, key)
+
+
+def _parse_simulate(data):
+    spec = {"chains": _positive(int), "steps": _positive(int),
+            "burn_in": _positive(int, allow_zero=True), "batches": _choice(("iid", "reshuffle")),
+            "record_every": _positive(int)}
+    values = _take(_table(data, "simulate"), "simulate", spec)
+    if values.get("chains", 2) < 2:
+        raise CaseError("simulate.chains must be >= 2 (standard errors need two chains)")
+    return SimulateSpec(**values)
+
+
+def _parse_windows(value, key):
+    if not isinstance(value, list) or not value:
+        raise CaseError(f"{key} must be a non-empty list of [k1, k2] pairs")
+    windows = []
+    for i, pair in enumerate(value):
+        k1, k2 = (_scalar(v, int, f"{key}[{i}]") for v in _pair(pair, f"{key}[{i}]"))
+        if not 1 <= k1 < k2:
+            raise CaseError(f"{key}[{i}] must satisfy 1 <= k1 < k2, got [{k1}, {k2}]")
+        windows.append((k1, k2))
+    return tuple(windows)
+
+
+def _parse_diffusion(data):
+    spec = {"k_max": _positive(int), "num_k": _positive(int), "windows": _parse_windows,
+            "offset": _positive(float, allow_zero=True), "chains": _positive(int)}
+    diff = DiffusionSpec(**_take(_table(data, "diffusion"), "diffusion", spec))
+    if diff.num_k < 4:
+        raise CaseError(f"diffusion.num_k must be >= 4, got {diff.num_k}")
+    for k1, k2 in diff.windows:
+        if k2 > diff.k_max:
+            raise CaseError(f"diffusion.windows [{k1}, {k2}] exceeds diffusion.k_max = {diff.k_max}")
+        if np.count_nonzero((diff.k >= k1) & (diff.k <= k2)) < 3:
+            raise CaseError(f"diffusion.windows [{k1}, {k2}] holds fewer than 3 of the num_k = "
+                            f"{diff.num_k} log-spaced steps; raise diffusion.num_k")
+    return diff
+
+
+def _parse_levels(value, key):
+    if not isinstance(value, list):
+        raise CaseError(f"{key} must be a list of theory levels (1, 2, 3)")
+    levels = tuple(sorted({_scalar(v, int, f"{key}[{i}]") for i, v in enumerate(value)}))
+    bad = [v for v in levels if v not in LEVELS]
+    if bad:
+        raise CaseError(f"{key} entries must be 1, 2 or 3, got {bad[0]}")
+    return levels
+
+
+def _parse_base(value, base_dir):
+    """The base case as a TOML-shaped dict (validated), from a path or an inline table."""
+    if isinstance(value, str):
+        path = (base_dir / value) if not Path(value).is_absolute() else Path(value)
+        return case_to_dict(load_case(path))
+    table = _table(value, "base")
+    table.setdefault("name", "base")
+    return case_to_dict(case_from_dict(table))
+
+
+def sweep_from_dict(data, base_dir=Path(".")):
+    """Build a validated :class:`Sweep` from a TOML-shaped dict (paths relative to base_dir)."""
+    data = _table(data, "sweep")
+    if "base" not in data:
+        raise CaseError("missing required key base (a case file path or an inline [base] table)")
+    if "axes" not in data:
+        raise CaseError("missing required table [axes]")
+    spec = {"name": lambda v, k: _scalar(v, str, k), "base": lambda v, k: _parse_base(v, base_dir),
+            "mode": _choice(MODES), "seed": lambda v, k: _scalar(v, int, k),
+            "levels": _parse_levels, "axes": lambda v, k: _parse_axes(v),
+            "spectrum": lambda v, k: _parse_spectrum(v), "simulate": lambda v, k: _parse_simulate(v),
+            "diffusion": lambda v, k: _parse_diffusion(v)}
+    values = _take(dict(data), "", spec)
+    sweep = Sweep(name=values.get("name", "sweep"), base=values["base"],
+                  mode=values.get("mode", "one-at-a-time"), seed=values.get("seed", 0),
+                  levels=values.get("levels", (1, 2, 3)), axes=values["axes"],
+                  spectrum=values.get("spectrum"), simulate=values.get("simulate"),
+                  diffusion=values.get("diffusion"))
+    _check_consistency(sweep)
+    for point in sweep.points():  # every point must make a valid case (stability is per point)
+        point_case(sweep, point)
+    return sweep
+
+
+def _check_consistency(sweep):
+    names = [name for name, _ in sweep.axes]
+    linear_regression = "linear_regression" in sweep.base["loss"]
+    noise_model = sweep.base["noise"]["model"]
+    if sweep.spectrum is None and any(n in SPECTRUM_AXES for n in names):
+        axis = next(n for n in names if n in SPECTRUM_AXES)
+        raise CaseError(f"axes.{axis} needs a [spectrum] table (power-law Hessian)")
+    if "label_noise" in names and not linear_regression:
+        raise CaseError("axes.label_noise needs a [loss.linear_regression] base case")
+    if "sigma2" in names and noise_model not in ("proportional", "isotropic"):
+        raise CaseError(f"axes.sigma2 needs noise.model = proportional or isotropic, "
+                        f"the base case has {noise_model!r} (vary label_noise instead)")
+    if 3 in sweep.levels and not linear_regression:
+        raise CaseError("levels: level 3 needs a [loss.linear_regression] base case; use [1, 2]")
+
+
+def load_sweep(path):
+    """Read and validate a sweep file (TOML); the base case path is relative to it."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CaseError(f"cannot read sweep file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CaseError(f"{path} is not valid TOML: {exc}") from None
+    data.setdefault("name", path.stem)
+    return sweep_from_dict(data, path.parent)
+
+
+# --------------------------------------------------------------------------- points
+
+
+def seed_of(sweep_seed, index):
+    """The Monte-Carlo seed of point ``index``: a pure function of the sweep seed and index."""
+    return int(np.random.SeedSequence([sweep_seed, index]).generate_state(1, dtype=np.uint32)[0])
+
+
+def expand_points(sweep):
+    """Points of the sweep: axes in file order, values in list order.
+
+    ``grid``: the Cartesian product (last axis fastest); ``one-at-a-time``: each axis in
+    turn with the others at the base case's values.
+    """
+    if sweep.mode == "grid":
+        names = [name for name, _ in sweep.axes]
+        combos = [("grid", dict(zip(names, values)))
+                  for values in itertools.product(*(v for _, v in sweep.axes))]
+    else:
+        combos = [(name, {name: value}) for name, values in sweep.axes for value in values]
+    return [Point(i, axis, params, seed_of(sweep.seed, i)) for i, (axis, params) in enumerate(combos)]
+
+
+def base_values(sweep):
+    """The base case's value of every axis (None where the axis does not apply)."""
+    base = sweep.base
+    lr_data = base["loss"].get("linear_regression", {})
+    out = {name: base["sgd"].get(name, default)
+           for name, default in zip(SGD_AXES, (None, 0.0, 0.0, 1))}
+    out["sigma2"] = base["noise"].get("sigma2")
+    out["label_noise"] = lr_data.get("label_noise", 0.5) if lr_data else None
+    spectrum = {"alpha": 1.0, "h_max": 1.0, **(sweep.spectrum or {})}
+    for name in SPECTRUM_AXES:
+        out[name] = spectrum.get(name) if sweep.spectrum is not None else None
+    return out
+
+
+def point_values(sweep, point):
+    """Every axis value of ``point`` (base values where the point does not vary them)."""
+    return {**base_values(sweep), **point.params}
+
+
+def power_law_spectrum(dim, alpha, h_max):
+    """h_i = h_max·i^(−alpha), i = 1..dim, shape (dim,)."""
+    return h_max * np.arange(1, dim + 1, dtype=float) ** (-alpha)
+
+
+def point_case(sweep, point):
+    """The validated :class:`~fpsolver.case.Case` of one point."""
+    data = copy.deepcopy(sweep.base)
+    values = point_values(sweep, point)
+    data["name"] = f"{sweep.name}-{point.index:05d}"
+    for name in SGD_AXES:
+        if name in point.params:
+            data["sgd"][name] = point.params[name]
+    if "sigma2" in point.params:
+        data["noise"]["sigma2"] = point.params["sigma2"]
+    if "label_noise" in point.params:
+        data["loss"]["linear_regression"]["label_noise"] = point.params["label_noise"]
+    if sweep.spectrum is not None:
+        _set_spectrum(data, values)
+    try:
+        return case_from_dict(data)
+    except CaseError as exc:
+        raise CaseError(f"sweep point {point.index} ({_describe_params(point)}): {exc}") from None
+
+
+def _describe_params(point):
+    return ", ".join(f"{k} = {v}" for k, v in point.params.items())
+
+
+def _set_spectrum(data, values):
+    """Put the power-law spectrum into the case dict; d-sized sections are reset to scalars."""
+    eig = power_law_spectrum(values["dim"], values["alpha"], values["h_max"]).tolist()
+    loss = data["loss"]
+    if "linear_regression" in loss:
+        lr_data = loss["linear_regression"]
+        lr_data.pop("feature_covariance", None)
+        lr_data.pop("rotation_angle", None)
+        lr_data["feature_eigenvalues"] = eig
+        weights = lr_data.get("true_weights")
+        if weights is not None and len(weights) != len(eig):
+            raise CaseError(f"base loss.linear_regression.true_weights has {len(weights)} entries "
+                            f"but spectrum dim = {len(eig)}; remove it (default: ones)")
+    else:
+        loss["hessian"] = np.diag(eig).tolist()
+        loss.pop("minimum", None)
+    grid = data.get("grid", {})
+    for key in ("cells", "width"):
+        if key in grid and len(set(grid[key])) == 1:
+            grid[key] = grid[key][0]
+        elif key in grid:
+            raise CaseError(f"base grid.{key} differs per axis; with a [spectrum] give one value")
+    grid.pop("bounds", None)
+    data.get("run", {}).pop("initial_mean", None)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _mode_variances(cov, vectors):
+    """Per-mode variances (d,) of a (d, d) covariance in the Hessian eigenbasis ``vectors``."""
+    return np.einsum("ij,ik,kj->j", vectors, cov, vectors)
+
+
+def _moments(prefix, cov, model):
+    """Row entries of one (2d, 2d) phase-space covariance: per-mode and total variances."""
+    d, eta = model.dim, model.hyper.lr
+    u = model.hessian_eigenvectors
+    var_theta = _mode_variances(cov[:d, :d], u)
+    var_v = _mode_variances(cov[d:, d:], u)
+    return {f"var_theta_{prefix}": var_theta.tolist(), f"var_v_{prefix}": var_v.tolist(),
+            f"tr_var_theta_{prefix}": float(var_theta.sum()), f"ev2_{prefix}": float(var_v.sum()),
+            f"buf2_{prefix}": float(eta ** 2 * var_v.sum())}
+
+
+def describe_model(model):
+    """Scalars of the model that the study plots against (per point)."""
+    h = model.hyper
+    eig = model.hessian_eigenvalues
+    tr_h, h_top = float(eig.sum()), float(eig.max())
+    return {
+        "dim": model.dim, "sigma2_model": model.sigma2, "tr_hessian": tr_h, "h_top": h_top,
+        "h_bottom": float(eig.min()), "temperature": model.temperature,
+        "hessian_eigenvalues": eig.tolist(),
+        # η²σ² tr H/(S(1−β²)): the continuous prediction of η²E‖buf‖² for Σ = σ²H (THEORY §6)
+        "buf2_scale": h.lr ** 2 * model.sigma2 * tr_h / (h.batch_size * (1 - h.momentum ** 2)),
+        # the two small parameters of THEORY §8 that the continuous formula needs ≪ 1
+        "eps_discrete": h.lr * (h_top + h.weight_decay) / (2 * (1 + h.momentum)),
+        "eps_state": h.lr * (tr_h + h_top) / (2 * h.batch_size * (1 - h.momentum)),
+    }
+
+
+def theory_moments(model, levels):
+    """Stationary moments per theory level (recorded pair (θ_{k+1}, v_k)), as row entries."""
+    from . import theory as th
+
+    solvers = {1: th.stationary_cov, 2: th.discrete_stationary_cov, 3: th.exact_stationary_cov}
+    out = {}
+    for level in levels:
+        out.update(_moments(LEVELS[level], solvers[level](model), model))
+    return out
+
+
+def theta_start(model, offset):
+    """θ₀ = μ + offset·(1,…,1)/√d, shape (d,)."""
+    return model.mu + offset * np.ones(model.dim) / math.sqrt(model.dim)
+
+
+def theory_diffusion(model, diffusion):
+    """Δ(k) of levels 1 and 2 from (θ₀, v₀ = 0) and their fitted exponents per window."""
+    from . import theory as th
+
+    k = diffusion.k
+    theta0 = theta_start(model, diffusion.offset)
+    out = {"delta_k": k.tolist()}
+    for level, curve in (("continuous", th.diffusion_curve_continuous),
+                         ("discrete", th.diffusion_curve_discrete)):
+        with np.errstate(under="ignore"):
+            delta = curve(model, theta0, k)
+        out[f"delta_{level}"] = delta.tolist()
+        for k1, k2 in diffusion.windows:
+            out[f"c_{level}_{k1}_{k2}"] = th.fit_exponent(k, delta, k1, k2)
+    return out
+
+
+def add_ratios(row, levels):
+    """Prediction / Monte-Carlo ratios of tr Var θ and E‖v‖² for each level present."""
+    for level in levels:
+        name = LEVELS[level]
+        for quantity in ("tr_var_theta", "ev2"):
+            measured = row.get(f"{quantity}_mc")
+            predicted = row.get(f"{quantity}_{name}")
+            if measured is not None and predicted is not None:
+                row[f"ratio_{name}_{quantity}"] = predicted / measured if measured > 0 else math.nan
+
+
+def _worker_address():
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return "local"
+
+
+def evaluate_point(sweep, point):
+    """The result row (dict of JSON-able values) of one point; deterministic in its inputs.
+
+    A :class:`~fpsolver.errors.UserError` (unstable SGD, diverging level 3) gives a row
+    with ``status = "failed"`` and the message in ``error``; anything else propagates (Dask
+    retries it).
+    """
+    from .sgd import build_model
+
+    start = time.perf_counter()
+    row = {"index": point.index, "axis": point.axis, "seed": point.seed,
+           **point_values(sweep, point), "status": "ok", "error": ""}
+    try:
+        model = build_model(point_case(sweep, point))
+        row.update(describe_model(model))
+        row.update(theory_moments(model, sweep.levels))
+        if sweep.diffusion is not None:
+            row.update(theory_diffusion(model, sweep.diffusion))
+        if sweep.simulate is not None:
+            row.update(monte_carlo(model, sweep, point.seed))
+            add_ratios(row, sweep.levels)
+    except UserError as exc:
+        row.update(status="failed", error=str(exc))
+    row["wall_time_s"] = time.perf_counter() - start
+    row["worker"] = _worker_address()
+    return row
+
+
+def monte_carlo(model, sweep, seed):
+    """Monte-Carlo SGD moments (and Δ(k) when the sweep has [diffusion]) as row entries."""
+    raise UserError("[simulate] in sweeps needs fpsolver.simulate, not available in this version")
+
+
+# --------------------------------------------------------------------------- results
+
+
+def point_path(out, index):
+    return Path(out) / POINTS_DIR / f"{index:05d}.json"
+
+
+def finished_points(out):
+    """{index: row} of point files whose status is final ("ok" or "failed")."""
+    rows = {}
+    for path in sorted((Path(out) / POINTS_DIR).glob("*.json")):
+        row = json.loads(path.read_text())
+        if row.get("status") in ("ok", "failed"):
+            rows[row["index"]] = row
+    return rows
+
+
+def _check_out_dir(sweep, out):
+    """Create OUT (and OUT/sweep.json); refuse an OUT that holds a different sweep."""
+    out = Path(out)
+    meta = out / "sweep.json"
+    fingerprint = sweep.fingerprint()
+    if meta.exists():
+        old = json.loads(meta.read_text()).get("fingerprint")
+        if old != fingerprint:
+            raise UserError(f"--out {out} holds results of a different sweep (fingerprint {old}, "
+                            f"this one {fingerprint}); use another directory")
+        return
+    atomic_write_json(meta, {"fingerprint": fingerprint, "fpsolver": __version__,
+                             "sweep": asdict(sweep)})
+
+
+def consolidate(out):
+    """Gather OUT/points/*.json into OUT/results.parquet (all columns) and results.csv.
+
+    The CSV holds the scalar columns; the Parquet file also the per-mode lists and Δ(k)
+    curves. Returns the table (pandas DataFrame, one row per point, sorted by index).
+    """
+    import pandas as pd
+
+    rows = [json.loads(p.read_text()) for p in sorted((Path(out) / POINTS_DIR).glob("*.json"))]
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values("index").reset_index(drop=True)
+    scalar = [c for c in table.columns if not table[c].map(lambda v: isinstance(v, list)).any()]
+    with atomic_replace(Path(out) / "results.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_replace(Path(out) / "results.csv") as tmp:
+        table[scalar].to_csv(tmp, index=False)
+    return table
+
+
+def load_results(out):
+    """The consolidated results table of a sweep directory (pandas DataFrame)."""
+    import pandas as pd
+
+    path = Path(out) / "results.parquet"
+    if not path.exists():
+        raise UserError(f"no results in {out} (missing {path.name}); run the sweep first")
+    return pd.read_parquet(path)
+
+
+def _failure_row(sweep, point, exc):
+    return {"index": point.index, "axis": point.axis, "seed": point.seed,
+            **point_values(sweep, point), "status": "error",
+            "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+
+
+def _start_client(scheduler, workers, processes):
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        try:
+            return Client(scheduler, timeout="10s"), None
+        except OSError as exc:
+            raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                           dashboard_address=":0", env={"NUMBA_NUM_THREADS": "1"}
+                           if processes else None)
+    return Client(cluster), cluster
+
+
+def run_sweep(sweep, out, scheduler=None, workers=2, processes=True, progress=True, log=print):
+    """Evaluate every unfinished point on Dask and consolidate; returns the results table.
+
+    ``scheduler``: address of a running scheduler (else a LocalCluster of ``workers``
+    single-threaded workers, processes unless ``processes=False``). Finished point files
+    in ``out/points/`` are kept, so re-running a killed sweep only does the rest.
+    """
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    out = Path(out)
+    _check_out_dir(sweep, out)
+    points = sweep.points()
+    done = finished_points(out)
+    todo = [p for p in points if p.index not in done]
+    log(f"sweep {sweep.name}: {len(points)} points, {len(done)} already done, {len(todo)} to run")
+    if todo:
+        client, cluster = _start_client(scheduler, workers, processes)
+        try:
+            log(f"dask dashboard: {client.dashboard_link}")
+            keys = [f"{sweep.name}-{sweep.fingerprint()}-{p.index:05d}" for p in todo]
+            futures = client.map(evaluate_point, [sweep] * len(todo), todo, key=keys,
+                                 retries=RETRIES, pure=False)
+            by_key = {f.key: p for f, p in zip(futures, todo)}
+            bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", disable=not progress)
+            for future in as_completed(futures):
+                point = by_key[future.key]
+                if future.status == "finished":
+                    row = future.result()
+                else:
+                    row = _failure_row(sweep, point, future.exception())
+                atomic_write_json(point_path(out, point.index), row)
+                future.release()
+                bar.update()
+            bar.close()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    return consolidate(out)
+
+
+def results_equal_columns(table):
+    """The columns of a results table that are deterministic (all but wall time, worker)."""
+    return [c for c in table.columns if c not in RUN_COLUMNS]
