@@ -1,0 +1,54 @@
+"""Sparse assembly of the operator's Jacobian by probing the numba kernel.
+
+The stencil of a cell reaches ±2 cells along advective (MUSCL) axes, ±1 along velocity
+axes and the four diagonals of each cross-diffused velocity pair. Colouring cells by
+(i_k mod 5 on advective axes, i_k mod 3 on velocity axes) makes every two stencil members
+of a row differ in colour, so one Jacobian-vector product per colour yields every entry:
+15 products in 2-D, 225 in 4-D (small grids only). The matrix is therefore exactly the
+kernel's Jacobian; for a p that is constant it is the first-order upwind (θ) / hybrid (v) matrix.
+"""
+
+import itertools
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def _offsets(op):
+    """Stencil offsets (tuples of per-axis shifts) of one row."""
+    n = len(op.shape)
+    offs = {(0,) * n}
+    for k in range(n):
+        reach = 2 if op.kind[k] == 0 else 1
+        for s in range(-reach, reach + 1):
+            offs.add(tuple(s if a == k else 0 for a in range(n)))
+    for a, b in zip(*np.nonzero(op.cross)):
+        for sa, sb in itertools.product((-1, 1), repeat=2):
+            offs.add(tuple(sa if x == a else sb if x == b else 0 for x in range(n)))
+    return sorted(offs)
+
+
+def jacobian_matrix(op, p):
+    """CSR matrix of ``op.jacobian_apply(p, ·)`` (N × N); rate(p) = matrix @ p."""
+    periods = np.where(op.kind == 0, 5, 3)
+    idx = np.indices(op.shape).reshape(len(op.shape), -1)
+    mult = np.concatenate([np.cumprod(periods[::-1])[::-1][1:], [1]])
+    color = ((idx % periods[:, None]) * mult[:, None]).sum(axis=0)
+    n_colors = int(np.prod(periods))
+    probes = np.empty((n_colors, op.size))
+    for q in range(n_colors):
+        probes[q] = op.jacobian_apply(p, (color == q).astype(float))
+    rows, cols, vals = [], [], []
+    shape = np.array(op.shape)[:, None]
+    for off in _offsets(op):
+        j = idx + np.array(off)[:, None]
+        ok = np.all((j >= 0) & (j < shape), axis=0)
+        rr = np.nonzero(ok)[0]
+        cc = np.ravel_multi_index(j[:, ok], op.shape)
+        rows.append(rr)
+        cols.append(cc)
+        vals.append(probes[color[cc], rr])
+    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(op.size, op.size))
+    m.eliminate_zeros()
+    return m

@@ -1,0 +1,27 @@
+"""The one place that sets the numba policy for the finite-volume kernels.
+
+Kernels are compiled once with ``parallel=True`` (``prange`` over cells), ``cache=True``
+(top-level functions with explicit array arguments, so the on-disk cache works) and no
+fast-math (NaN checks must keep working). Small grids run them on one thread: below
+``PARALLEL_MIN_CELLS`` cells the thread start-up costs more than it saves.
+"""
+
+import contextlib
+
+import numba
+
+PARALLEL_MIN_CELLS = 1 << 15
+
+kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True)
+helper = numba.njit(cache=True, fastmath=False, nogil=True, inline="always")
+
+
+@contextlib.contextmanager
+def threads_for(n_cells):
+    """Run the enclosed kernels on one thread below PARALLEL_MIN_CELLS cells, else on all."""
+    old = numba.get_num_threads()
+    numba.set_num_threads(1 if n_cells < PARALLEL_MIN_CELLS else numba.config.NUMBA_NUM_THREADS)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)

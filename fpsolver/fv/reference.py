@@ -1,0 +1,78 @@
+"""Plain-numpy twins of the numba kernels in :mod:`fpsolver.fv.kernels` (same arguments).
+
+They follow the kernels' formulas with whole-array slicing and exist to test the kernels
+(agreement to round-off) and to read the scheme without the index arithmetic.
+"""
+
+import numpy as np
+
+
+def _slopes(p, w, jac, axis):
+    """Van Leer cell slopes of w along ``axis`` (Jacobian at p if ``jac``); 0 at both ends."""
+    pm, p0, pp = (np.moveaxis(p, axis, 0)[s] for s in (slice(None, -2), slice(1, -1), slice(2, None)))
+    wm, w0, wp = (np.moveaxis(w, axis, 0)[s] for s in (slice(None, -2), slice(1, -1), slice(2, None)))
+    a, b = (p0 - pm, pp - p0) if jac else (w0 - wm, wp - w0)
+    same = ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))
+    s = np.where(same, a + b, 1.0)
+    alpha, beta = a / s, b / s
+    if jac:
+        inner = 2.0 * (beta * beta * (w0 - wm) + alpha * alpha * (wp - w0))
+    else:
+        inner = 2.0 * a * beta
+    out = np.zeros_like(np.moveaxis(w, axis, 0))
+    out[1:-1] = np.where(same, inner, 0.0)
+    return out
+
+
+def _one_sided(w, axis):
+    """(forward, backward) differences of w along ``axis``; 0 where the neighbour is missing."""
+    d = np.diff(w, axis=axis)
+    fwd = np.zeros_like(w)
+    bwd = np.zeros_like(w)
+    n = w.shape[axis]
+    np.moveaxis(fwd, axis, 0)[: n - 1] = np.moveaxis(d, axis, 0)
+    np.moveaxis(bwd, axis, 0)[1:] = np.moveaxis(d, axis, 0)
+    return fwd, bwd
+
+
+def face_fluxes(p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
+    """Twin of ``face_flux_kernel``: array (ndim, N) of right-face fluxes (0 at walls)."""
+    shape = tuple(int(n) for n in shape)
+    p = np.asarray(p).reshape(shape)
+    w = np.asarray(w).reshape(shape)
+    coef = np.asarray(coef).reshape((-1,) + shape)
+    out = np.zeros((len(shape),) + shape)
+    with np.errstate(under="ignore"):
+        for k in range(len(shape)):
+            wk = np.moveaxis(w, k, 0)
+            fk = np.moveaxis(out[k], k, 0)
+            if kind[k] == 0:
+                u = np.moveaxis(coef[row[k]], k, 0)[:-1]
+                s = _slopes(p, w, jac, k)
+                fk[:-1] = np.where(u >= 0, u * (wk[:-1] + 0.5 * s[:-1]), u * (wk[1:] - 0.5 * s[1:]))
+                continue
+            cl = np.moveaxis(coef[row[k]], k, 0)[:-1]
+            cr = np.moveaxis(coef[row[k] + 1], k, 0)[:-1]
+            f = cl * wk[:-1] - cr * wk[1:]
+            for b in range(len(shape)):
+                d = cross[k, b]
+                if d == 0.0:
+                    continue
+                fwd, bwd = (np.moveaxis(x, k, 0) for x in _one_sided(w, b))
+                g = fwd[1:] + bwd[:-1] if d > 0 else bwd[1:] + fwd[:-1]
+                f = f - d * 0.5 * g * inv_h[b]
+            fk[:-1] = f
+    return out.reshape(len(shape), -1)
+
+
+def rate(p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
+    """Twin of ``rate_kernel``: −∇·F(w), flat (N,)."""
+    flux = face_fluxes(p, w, jac, shape, strides, kind, row, coef, cross, inv_h)
+    shape = tuple(int(n) for n in shape)
+    out = np.zeros(shape)
+    for k in range(len(shape)):
+        f = flux[k].reshape(shape)
+        left = np.zeros(shape)
+        np.moveaxis(left, k, 0)[1:] = np.moveaxis(f, k, 0)[:-1]
+        out -= (f - left) * inv_h[k]
+    return out.ravel()
