@@ -40,37 +40,47 @@ def _meshgrid(x, y):
 # ------------------------------------------------------------------ densities and currents
 
 
-def density_current(x, y, p, current=None, ax=None, style="stream", vmax=None, cmap="viridis",
-                    stride=None, stream_density=1.0, labels=("θ", "v")):
+def density_current(x, y, p, current=None, ax=None, style="stream", vmax=None, gamma=1.0,
+                    cmap="viridis", stride=None, stream_density=1.0, mask_below=None,
+                    labels=("θ", "v")):
     """Heat map of cell values ``p`` (nx, ny) with arrows or streamlines of the current J.
 
     ``x`` (nx,), ``y`` (ny,): uniformly spaced cell centres; ``current``: (Jx, Jy), each
     (nx, ny), or None. ``style="stream"``: streamlines following J, line width ∝ |J|;
     ``"quiver"``: arrows J at every ``stride``-th cell (default: about 16 per axis), scaled
-    together. Returns {"mesh": QuadMesh, "current": StreamplotSet | Quiver | None}.
+    together. ``mask_below``: omit the current where p < mask_below·max p (streamlines
+    stop there). Colours run from 0 to ``vmax`` (default max p) with a power-law ``gamma``.
+    Returns {"mesh": QuadMesh, "current": StreamplotSet | Quiver | None}.
     """
+    from matplotlib.colors import PowerNorm
+
     ax = _axis(ax)
     x, y, p = np.asarray(x, float), np.asarray(y, float), np.asarray(p, float)
     if p.shape != (len(x), len(y)):
         raise ValueError(f"p has shape {p.shape}, expected {(len(x), len(y))}")
-    mesh = ax.pcolormesh(x, y, p.T, shading="nearest", cmap=cmap, vmin=0.0,
-                         vmax=p.max() if vmax is None else vmax)
+    norm = PowerNorm(gamma, vmin=0.0, vmax=p.max() if vmax is None else vmax)
+    with np.errstate(under="ignore"):  # power norm of tail densities ~1e-300
+        mesh = ax.pcolormesh(x, y, p.T, shading="nearest", cmap=cmap, norm=norm)
     artist = None
-    if current is not None:
-        jx, jy = (np.asarray(c, float) for c in current)
-        if style == "stream":
-            speed = np.hypot(jx, jy)
-            width = 0.3 + 1.7 * speed / max(speed.max(), 1e-300)
-            artist = ax.streamplot(x, y, jx.T, jy.T, color="white", linewidth=width.T,
-                                   density=stream_density, arrowsize=0.9)
-        elif style == "quiver":
-            step = stride or max(1, min(len(x), len(y)) // 16)
-            sx, sy = slice(step // 2, None, step), slice(step // 2, None, step)
-            gx, gy = _meshgrid(x[sx], y[sy])
-            artist = ax.quiver(gx, gy, jx[sx, sy], jy[sx, sy], color="white", angles="xy",
-                               pivot="mid")
-        else:
-            raise ValueError(f"style must be 'stream' or 'quiver', got {style!r}")
+    with np.errstate(under="ignore"):  # |J|² of tail currents ~1e-300 underflows
+        if current is not None:
+            jx, jy = (np.asarray(c, float) for c in current)
+            if mask_below is not None:
+                low = p < mask_below * p.max()
+                jx, jy = np.ma.masked_where(low, jx), np.ma.masked_where(low, jy)
+            if style == "stream":
+                speed = np.ma.filled(np.hypot(jx, jy), 0.0)
+                width = 0.3 + 1.7 * speed / max(speed.max(), 1e-300)
+                artist = ax.streamplot(x, y, jx.T, jy.T, color="white", linewidth=width.T,
+                                       density=stream_density, arrowsize=0.9)
+            elif style == "quiver":
+                step = stride or max(1, min(len(x), len(y)) // 16)
+                sx, sy = slice(step // 2, None, step), slice(step // 2, None, step)
+                gx, gy = _meshgrid(x[sx], y[sy])
+                artist = ax.quiver(gx, gy, jx[sx, sy], jy[sx, sy], color="white", angles="xy",
+                                   pivot="mid")
+            else:
+                raise ValueError(f"style must be 'stream' or 'quiver', got {style!r}")
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_xlim(x[0], x[-1])
@@ -145,8 +155,9 @@ def loss_contours(x, y, loss, modified, levels, ax=None, trajectory=None, curren
     stream = None
     if current is not None:
         jx, jy = (np.asarray(c, float) for c in current)
-        stream = ax.streamplot(x, y, jx.T, jy.T, color="k", linewidth=0.6, density=0.8,
-                               arrowsize=0.8)
+        with np.errstate(under="ignore"):
+            stream = ax.streamplot(x, y, jx.T, jy.T, color="k", linewidth=0.6, density=0.8,
+                                   arrowsize=0.8)
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_aspect("equal")

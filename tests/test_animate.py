@@ -1,0 +1,117 @@
+"""Animations: the default case's density circles clockwise; files match the options."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fpsolver import animate, theory
+from fpsolver.case import default_case
+from fpsolver.cli import main
+from fpsolver.errors import UserError
+from fpsolver.sgd import build_model
+
+
+def _half_period_frames(movie, model):
+    """Frames with t ≤ π/f, half a damped rotation period of the default's single mode."""
+    f = np.sqrt(model.omega[0] ** 2 - model.gamma ** 2)
+    return movie.times <= np.pi / f
+
+
+def test_plane_current_is_gaussian_current_in_2d(rng):
+    model = build_model(default_case())
+    mean = model.stationary_mean + np.array([0.1, -0.3])
+    cov = np.array([[0.004, 0.001], [0.001, 0.2]])
+    z = mean + rng.standard_normal((50, 2)) * [0.05, 0.4]
+    np.testing.assert_allclose(animate.plane_current(model, mean, cov, (0, 1), z),
+                               theory.gaussian_current(model, mean, cov, z), rtol=1e-12)
+
+
+def test_plane_current_of_4d_gaussian_is_the_marginal_of_j():
+    """The plane current equals ∫J dz_rest, here by quadrature of the exact 4-D current."""
+    from fpsolver.case import case_from_dict
+
+    case = case_from_dict({"sgd": {"lr": 0.05, "momentum": 0.9, "batch_size": 8},
+                           "loss": {"hessian": [[0.8, 0.3], [0.3, 0.4]]},
+                           "noise": {"model": "matrix", "matrix": [[0.6, 0.4], [0.4, 0.6]]}})
+    model = build_model(case)
+    mean0, cov0 = animate.initial_state(case, model)
+    mean, cov = theory.transient_moments(model, mean0, cov0, 0.3)
+    plane = (0, 2)  # (θ₁, v₁)
+    point = mean[list(plane)] + np.array([0.3, -0.5]) * np.sqrt(np.diag(cov)[list(plane)])
+    # Gauss-Hermite over the other two axes (θ₂, v₂), exact for the polynomial-×-Gaussian
+    # conditional integrand up to degree 2·40 − 1
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    rest = [1, 3]
+    s = list(plane)
+    c_ss = cov[np.ix_(s, s)]
+    gain = cov[np.ix_(rest, s)] @ np.linalg.inv(c_ss)
+    cond_mean = mean[rest] + gain @ (point - mean[s])
+    cond_cov = cov[np.ix_(rest, rest)] - gain @ cov[np.ix_(s, rest)]
+    root = np.linalg.cholesky(cond_cov)
+    total = np.zeros(2)
+    for a, wa in zip(nodes, weights):
+        for b, wb in zip(nodes, weights):
+            z = np.empty(4)
+            z[s] = point
+            z[rest] = cond_mean + root @ [a, b]
+            j = theory.gaussian_current(model, mean, cov, z)
+            p_cond = theory.gaussian_density(cond_mean, cond_cov, z[rest])
+            # ∫J dz_rest = E[J/p(z_rest | z_S)] under the conditional law of z_rest
+            total += wa * wb / (2 * np.pi) * j[s] / p_cond
+    np.testing.assert_allclose(animate.plane_current(model, mean, cov, plane, point), total,
+                               rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def default_movie():
+    case = default_case()
+    model = build_model(case)
+    return model, animate.exact_movie(case, model, 40, cells=64)
+
+
+def test_default_centroid_circles_clockwise(default_movie):
+    model, movie = default_movie
+    angles = movie.centroid_angles()
+    half = _half_period_frames(movie, model)
+    assert half.sum() >= 8
+    # clockwise (θ horizontal, v vertical): the angle decreases at every frame
+    assert np.all(np.diff(angles[half]) < 0)
+    # and the exact mean turns by the same amount: centroid of cell averages = mean up to
+    # the O(h²) grid error and the 1e-6 mass cut off by the box
+    mean = movie.exact_mean
+    exact = np.unwrap(np.arctan2((mean[:, 1] - movie.centre[1]) / movie.scale[1],
+                                 (mean[:, 0] - movie.centre[0]) / movie.scale[0]))
+    np.testing.assert_allclose(angles[half], exact[half], atol=1e-3)
+    # over half a damped period the centroid turns by about π in scaled coordinates
+    assert -4.0 < angles[half][-1] - angles[0] < -2.0
+
+
+def test_cli_writes_gif_of_default_case(tmp_path, capsys):
+    out = tmp_path / "flow.gif"
+    assert main(["animate", "--out", str(out), "--frames", "12", "--fps", "6",
+                 "--size", "256x192", "--source", "exact", "--cells", "48", "--quiet"]) == 0
+    with Image.open(out) as im:
+        assert (im.n_frames, im.size) == (12, (256, 192))
+        assert im.info["duration"] == round(1000 / 6)
+    text = capsys.readouterr().out
+    assert "12 frames" in text and "256x192" in text
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["--frames", "1"], "--frames"),
+    (["--fps", "0"], "--fps"),
+    (["--plane", "theta1,theta1"], "--plane"),
+    (["--plane", "theta2,v1"], "--plane"),
+    (["--size", "10x10"], "--size"),
+])
+def test_bad_options_fail_before_work(tmp_path, capsys, argv, key):
+    out = tmp_path / "x.gif"
+    assert main(["animate", "--out", str(out), "--source", "exact", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fpsolver: error:") and key in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_bad_suffix(tmp_path, capsys):
+    assert main(["animate", "--out", str(tmp_path / "x.avi")]) == 2
+    assert ".gif or .mp4" in capsys.readouterr().err
