@@ -68,13 +68,15 @@ RUN_COLUMNS = ("wall_time_s", "worker")
 
 @dataclass(frozen=True)
 class SimulateSpec:
-    """Monte-Carlo SGD per point: chains, recorded steps after ``burn_in`` steps from μ."""
+    """Monte-Carlo SGD per point: chains in ``groups`` independent runs, ``steps`` recorded
+    after ``burn_in`` steps (None: ≈ 10 covariance relaxation times of the point)."""
 
     chains: int = 256
     steps: int = 2000
-    burn_in: int = 1000
+    burn_in: int | None = None
     batches: str = "iid"
     record_every: int = 1
+    groups: int = 8
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,6 @@ class DiffusionSpec:
     num_k: int = 30
     windows: tuple = ((10, 100),)
     offset: float = 0.0
-    chains: int | None = None
 
     @property
     def k(self):
@@ -183,11 +184,14 @@ def _num_float(value, key):
 def _parse_simulate(data):
     spec = {"chains": _positive(int), "steps": _positive(int),
             "burn_in": _positive(int, allow_zero=True), "batches": _choice(("iid", "reshuffle")),
-            "record_every": _positive(int)}
-    values = _take(_table(data, "simulate"), "simulate", spec)
-    if values.get("chains", 2) < 2:
-        raise CaseError("simulate.chains must be >= 2 (standard errors need two chains)")
-    return SimulateSpec(**values)
+            "record_every": _positive(int), "groups": _positive(int)}
+    sim = SimulateSpec(**_take(_table(data, "simulate"), "simulate", spec))
+    if sim.groups < 2:
+        raise CaseError(f"simulate.groups must be >= 2 (standard errors), got {sim.groups}")
+    if sim.chains < 2 * sim.groups:
+        raise CaseError(f"simulate.chains must be >= 2·simulate.groups = {2 * sim.groups}, "
+                        f"got {sim.chains}")
+    return sim
 
 
 def _parse_windows(value, key):
@@ -204,7 +208,7 @@ def _parse_windows(value, key):
 
 def _parse_diffusion(data):
     spec = {"k_max": _positive(int), "num_k": _positive(int), "windows": _parse_windows,
-            "offset": _positive(float, allow_zero=True), "chains": _positive(int)}
+            "offset": _positive(float, allow_zero=True)}
     diff = DiffusionSpec(**_take(_table(data, "diffusion"), "diffusion", spec))
     if diff.num_k < 4:
         raise CaseError(f"diffusion.num_k must be >= 4, got {diff.num_k}")
@@ -459,11 +463,16 @@ def theory_diffusion(model, diffusion):
 
 
 def add_ratios(row, levels):
-    """Prediction / Monte-Carlo ratios of tr Var θ and E‖v‖² for each level present."""
+    """Prediction / Monte-Carlo ratios of tr Var θ and E‖v‖² for each level present.
+
+    Levels 2 and 3 are compared with the recorded pair (θ_{k+1}, v_k), the continuous level
+    with the midpoint ((θ_k + θ_{k+1})/2, v_k), its natural counterpart (THEORY.md §8).
+    """
     for level in levels:
         name = LEVELS[level]
         for quantity in ("tr_var_theta", "ev2"):
-            measured = row.get(f"{quantity}_mc")
+            midpoint = name == "continuous" and quantity == "tr_var_theta"
+            measured = row.get(f"{quantity}_mc" + ("_midpoint" if midpoint else ""))
             predicted = row.get(f"{quantity}_{name}")
             if measured is not None and predicted is not None:
                 row[f"ratio_{name}_{quantity}"] = predicted / measured if measured > 0 else math.nan
@@ -507,8 +516,50 @@ def evaluate_point(sweep, point):
 
 
 def monte_carlo(model, sweep, seed):
-    """Monte-Carlo SGD moments (and Δ(k) when the sweep has [diffusion]) as row entries."""
-    raise UserError("[simulate] in sweeps needs fpsolver.simulate, not available in this version")
+    """Monte-Carlo SGD moments and Δ(k) as row entries, from ``groups`` independent runs.
+
+    Each group g runs chains/groups chains with seed :func:`seed_of` (seed, g) from
+    θ₀ (:func:`theta_start`, buffer 0): Δ(k) from the start, stationary moments of the
+    recorded pair (θ_{k+1}, v_k) after burn-in. Estimates are group means; standard errors
+    (``*_se``) the spread across groups / √groups (for Δ(k), across chains).
+    """
+    from .simulate import simulate_sgd
+
+    spec, diffusion = sweep.simulate, sweep.diffusion
+    theta0 = theta_start(model, diffusion.offset if diffusion else 0.0)
+    chains = spec.chains // spec.groups
+    runs = [simulate_sgd(model, chains, spec.steps, burn_in=spec.burn_in, seed=seed_of(seed, g),
+                         batches=spec.batches, theta0=theta0, record_every=spec.record_every,
+                         delta_steps=diffusion.k_max if diffusion else 0, trajectory=(0, 0),
+                         parallel=False)
+             for g in range(spec.groups)]
+    per_group = [_moments("mc", r.cov, model) for r in runs]
+    for r, entry in zip(runs, per_group):
+        mid = _moments("mc_midpoint", r.cov_midpoint, model)
+        entry["tr_var_theta_mc_midpoint"] = mid["tr_var_theta_mc_midpoint"]
+    out = {"mc_chains": chains * spec.groups, "mc_burn_in": runs[0].burn_in}
+    for key in per_group[0]:
+        values = np.array([entry[key] for entry in per_group])
+        out[key] = values.mean(axis=0).tolist()
+        out[f"{key}_se"] = (values.std(axis=0, ddof=1) / math.sqrt(spec.groups)).tolist()
+    if diffusion is not None:
+        out.update(_measured_diffusion(runs, diffusion))
+    return out
+
+
+def _measured_diffusion(runs, diffusion):
+    """Monte-Carlo Δ(k) on the sweep's k grid and its exponents (s.e. across groups)."""
+    from .theory import fit_exponent
+
+    k = diffusion.k
+    deltas = np.array([r.delta[k] for r in runs])
+    delta_se = np.sqrt(np.sum([r.delta_se[k] ** 2 for r in runs], axis=0)) / len(runs)
+    out = {"delta_mc": deltas.mean(axis=0).tolist(), "delta_mc_se": delta_se.tolist()}
+    for k1, k2 in diffusion.windows:
+        per_group = [fit_exponent(k, delta, k1, k2) for delta in deltas]
+        out[f"c_mc_{k1}_{k2}"] = fit_exponent(k, deltas.mean(axis=0), k1, k2)
+        out[f"c_mc_se_{k1}_{k2}"] = float(np.std(per_group, ddof=1) / math.sqrt(len(runs)))
+    return out
 
 
 # --------------------------------------------------------------------------- results
