@@ -115,3 +115,24 @@ def test_bad_options_fail_before_work(tmp_path, capsys, argv, key):
 def test_bad_suffix(tmp_path, capsys):
     assert main(["animate", "--out", str(tmp_path / "x.avi")]) == 2
     assert ".gif or .mp4" in capsys.readouterr().err
+
+
+def test_noncommuting_position_plane_shows_position_current(tmp_path):
+    """On the (θ₁, θ₂) plane of the non-commuting example the stationary plane current is
+    the position-space current J_θ = P_vθP_θθ⁻¹(θ − μ)p(θ) of THEORY.md §7."""
+    from pathlib import Path
+
+    from fpsolver.case import load_case
+
+    case = load_case(Path(__file__).resolve().parent.parent / "examples" / "noncommuting.toml")
+    model = build_model(case)
+    p_ss = theory.stationary_cov(model)
+    mu = model.mu
+    z = mu + np.array([[0.1, 0.05], [-0.2, 0.1], [0.05, -0.3]])
+    j = animate.plane_current(model, model.stationary_mean, p_ss, (0, 1), z)
+    m = theory.position_current_matrix(model)
+    p_theta = theory.gaussian_density(mu, p_ss[:2, :2], z)
+    np.testing.assert_allclose(j, ((z - mu) @ m.T) * p_theta[:, None], rtol=1e-10)
+    assert np.abs(j).max() > 0.1  # a real, non-zero current in position space
+    movie = animate.exact_movie(case, model, 3, plane=(0, 1), cells=24)
+    assert movie.density.shape == (3, 24, 24) and movie.labels == ("θ₁", "θ₂")
