@@ -1,0 +1,98 @@
+"""Convergence tables: fpsolver against the exact Gaussians on refined grids.
+
+Stationary and transient solves of every validation case (:mod:`.cases`), L1, relative
+L∞ and relative current L1 errors against the exact solution, observed orders
+log₂(e_n/e_2n) between successive grids, wall times and mass errors.
+"""
+
+import time
+
+import numpy as np
+
+from .. import plots
+from . import cases
+from ._solve import solve
+from .common import Section, fmt, md_table, save_figure
+
+METRICS = {"l1": "l1", "linf": "linf", "current": "current_error"}  # key -> Outcome field
+
+
+def _orders(errors, cells):
+    """Observed orders between successive grids (NaN where an error is not positive)."""
+    e, n = np.asarray(errors, float), np.asarray(cells, float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.log(e[:-1] / e[1:]) / np.log(n[1:] / n[:-1])
+    return [float(x) if np.isfinite(x) else float("nan") for x in out]
+
+
+def study(name, kind, ladder):
+    """One case and kind ("stationary" | "transient") on every grid of ``ladder``."""
+    case = cases.stationary_case(name) if kind == "stationary" else cases.transient_case(name)
+    runs = [solve(case, n) for n in ladder]
+    out = {"case": name, "kind": kind, "cells": list(ladder),
+           "t_final": case.run.t_final,
+           "wall_time_s": [r.wall_time_s for r in runs],
+           "mass_error": [r.mass_error for r in runs],
+           "dim": len(runs[0].grid.edges) // 2}
+    for m, field in METRICS.items():
+        out[m] = [getattr(r, field) for r in runs]
+        out[f"order_{m}"] = _orders(out[m], ladder)
+    return out
+
+
+def section(plan, figdir):
+    start = time.perf_counter()
+    studies = [study(name, kind, plan.cells_2d) for name in cases.CASES_2D
+               for kind in ("stationary", "transient")]
+    studies.append(study(cases.CASE_4D, "stationary", plan.cells_4d))
+    two_d = [s for s in studies if s["dim"] == 1]
+    default = next(s for s in two_d if s["case"] == "default" and s["kind"] == "stationary")
+    at128 = default["cells"].index(128)
+    headline = {
+        "stationary_order_min": min(s["order_l1"][-1] for s in two_d if s["kind"] == "stationary"),
+        "transient_order_min": min(s["order_l1"][-1] for s in two_d if s["kind"] == "transient"),
+        "order_4d": studies[-1]["order_l1"][-1],
+        "l1_default_128": default["l1"][at128],
+        "current_error_default_128": default["current"][at128],
+        "mass_error_max": max(max(s["mass_error"]) for s in studies),
+    }
+    rows = []
+    for s in studies:
+        for i, n in enumerate(s["cells"]):
+            o = (lambda m: fmt(s[f"order_{m}"][i - 1], 3) if i else "")
+            rows.append([s["case"], s["kind"], f"{n}^{2 * s['dim']}",
+                         fmt(s["t_final"]) if s["t_final"] else "∞",
+                         fmt(s["l1"][i]), o("l1"), fmt(s["linf"][i]), o("linf"),
+                         fmt(s["current"][i]), o("current"), fmt(s["wall_time_s"][i], 2),
+                         fmt(s["mass_error"][i], 2)])
+    table = md_table(["case", "kind", "grid", "t", "L1", "order", "L∞ (rel.)", "order",
+                      "current (rel. L1)", "order", "time [s]", "mass error"], rows)
+    text = f"""Errors against the exact solution on each grid (cell averages of the exact
+Gaussian: N(z_μ, P) stationary, N(e^(−At)z₀, P(t)) transient): L1 = ∫|p − p_exact|,
+L∞ = max|p − p_exact| / max p_exact, current = ∫|J − J_exact| / ∫|J_exact| with J the
+solver's cell-centred current. Orders are log(e_n/e_2n)/log 2 between successive grids.
+Cases: the default; strong weight decay (λ = h = 0.1); high momentum (β = 0.99);
+overdamped plain SGD (β = 0, η = 0.02); non-commuting noise (d = 2, 4-D phase space,
+stationary only, grid width 5.5 sd). Transients start from a Gaussian displaced by
+{cases.DISPLACEMENT_SD:g} stationary sd in θ with {cases.INITIAL_COV_SCALE:g} × the stationary
+covariance and run for two rotation periods (two relaxation times when overdamped).
+
+{table}
+
+{_figure(studies, figdir)}
+"""
+    return Section("convergence", "Convergence of the finite-volume solver", text, headline,
+                   {"studies": studies}, time.perf_counter() - start)
+
+
+def _figure(studies, figdir):
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(s["case"] for s in studies))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2))
+    for ax, name in zip(np.atleast_1d(axes), names):
+        for s in (s for s in studies if s["case"] == name):
+            plots.convergence(s["cells"], s["l1"], ax=ax, label=f"L1 {s['kind']}",
+                              expected_order=2 if s["kind"] == "stationary" else None)
+        ax.set_title(name, fontsize="small")
+    return save_figure(fig, figdir, "convergence")
