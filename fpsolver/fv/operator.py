@@ -59,6 +59,7 @@ class FPOperator:
             raise SolverError("noise covariance must have a positive diagonal (every velocity "
                               "axis diffuses)")
         self.grid = grid
+        self.drift, self.diffusion, self.mean = drift, diffusion, mean
         self.shape = grid.shape
         self.size = int(np.prod(self.shape))
         h = grid.spacing

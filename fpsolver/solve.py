@@ -1,0 +1,407 @@
+"""Time stepping and stationary solves of the finite-volume Fokker-Planck operator.
+
+* :func:`evolve`: explicit SSP-RK3 (Shu-Osher) with a fixed step dt = t_final/n, n the
+  least number of steps with dt ≤ safety/rate_max (rate_max: :meth:`FPOperator.max_rate`,
+  the forward-Euler positivity bound, which SSP-RK3 inherits). A forced dt above the bound
+  is refused (:class:`UnstableError`). Trackers run on a step schedule; a checkpoint holds
+  (p, step, dt) so a resumed run repeats the same steps and ends at the same answer.
+* :func:`stationary`: Newton's method on L(p)p = 0, ∫p = 1. The limited scheme is
+  homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise". 2-D
+  (and any grid up to ``DIRECT_MAX_CELLS``): sparse LU of the probed Jacobian with one
+  equation replaced by x_r = 1; larger (4-D) grids: GMRES on the matrix-free Jacobian,
+  started from the solution on a grid with half the cells (nested iteration). The first
+  iterate from a constant p is the first-order (upwind) solution.
+
+Residuals are reported as ‖Lp‖₁ (∫|∂_t p|, 1/time) and relative to rate_max
+(dimensionless: the change per stable explicit step); ``tol`` applies to the relative one.
+"""
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from .errors import SolverError, UnstableError, UserError
+from .fv import FPOperator, jacobian_matrix
+from .grid import sized_grid, uniform_grid
+from .io import atomic_savez
+
+DIRECT_MAX_CELLS = 400_000
+
+
+@dataclass
+class SolveResult:
+    """Outcome of a run: density ``p`` (grid shape), time ``t`` (None: stationary), why it
+    stopped (``status``: "t_final", "steady", "converged", "max_iter"), counters, and the
+    residual ‖Lp‖₁ (1/time) with its value relative to the operator's rate bound."""
+
+    p: np.ndarray
+    t: float | None
+    success: bool
+    status: str
+    message: str
+    n_steps: int = 0
+    n_rhs: int = 0
+    n_iter: int = 0
+    dt: float | None = None
+    residual: float = math.nan
+    residual_rel: float = math.nan
+    mass_error: float = math.nan
+    min_density: float = math.nan
+    wall_time_s: float = 0.0
+    history: dict = field(default_factory=dict)
+
+
+@dataclass
+class State:
+    """What trackers see: density p (flat), time t, step counter, step dt, the operator."""
+
+    p: np.ndarray
+    t: float
+    step: int
+    n_steps: int
+    dt: float
+    op: FPOperator
+
+
+class Tracker:
+    """Called every ``interval`` steps; ``handle`` returns a stop status or None."""
+
+    def __init__(self, interval=1):
+        self.interval = max(1, int(interval))
+
+    def start(self, state):
+        """Called once before the first step."""
+
+    def handle(self, state):
+        """Called on the schedule; may return a status string to stop the run."""
+
+    def finish(self, state):
+        """Called once at the end (also on interruption)."""
+
+
+class ProgressTracker(Tracker):
+    """tqdm progress bar over the steps (disabled when ``enabled`` is False)."""
+
+    def __init__(self, interval=10, enabled=True):
+        super().__init__(interval)
+        self.enabled = enabled
+        self.bar = None
+
+    def start(self, state):
+        from tqdm import tqdm
+        self.bar = tqdm(total=state.n_steps, initial=state.step, disable=not self.enabled,
+                        unit="step", leave=False)
+
+    def handle(self, state):
+        self.bar.update(state.step - self.bar.n)
+        self.bar.set_postfix(t=f"{state.t:.3g}")
+
+    def finish(self, state):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class ConservationTracker(Tracker):
+    """Mass drift and minimum density; raises SolverError when the density stops being finite."""
+
+    def __init__(self, interval=1):
+        super().__init__(interval)
+        self.mass0 = None
+        self.max_mass_error = 0.0
+        self.min_rel = math.inf
+
+    def start(self, state):
+        self.mass0 = state.p.sum() * state.op.grid.cell_volume
+        self.handle(state)
+
+    def handle(self, state):
+        p = state.p
+        mass = p.sum() * state.op.grid.cell_volume
+        if not math.isfinite(mass):
+            raise SolverError(f"the density became NaN/inf at t = {state.t:.6g} (step "
+                              f"{state.step}); lower run.dt or run.safety")
+        self.max_mass_error = max(self.max_mass_error, abs(mass - self.mass0) / self.mass0)
+        self.min_rel = min(self.min_rel, p.min() / p.max())
+
+
+class SteadyStateTracker(Tracker):
+    """Stops with "steady" when ‖∂_t p‖₁/rate_max < tol (checked every ``interval`` steps)."""
+
+    def __init__(self, tol, interval=50):
+        super().__init__(interval)
+        self.tol = tol
+        self.residual_rel = math.nan
+
+    def handle(self, state):
+        op = state.op
+        res = np.abs(op.rate(state.p)).sum() * op.grid.cell_volume
+        self.residual_rel = res / op.max_rate()
+        return "steady" if self.residual_rel < self.tol else None
+
+
+class StorageTracker(Tracker):
+    """Keeps (t, copy of p) every ``interval`` steps in ``times``/``densities``."""
+
+    def __init__(self, interval):
+        super().__init__(interval)
+        self.times, self.densities = [], []
+
+    def start(self, state):
+        self.handle(state)
+
+    def handle(self, state):
+        self.times.append(state.t)
+        self.densities.append(state.p.reshape(state.op.shape).copy())
+
+
+class CheckpointTracker(Tracker):
+    """Writes ``path`` (npz: p, t, step, n_steps, dt, key) atomically every ``every_s``
+    seconds of wall time and when the run is interrupted; ``key`` identifies the problem."""
+
+    def __init__(self, path, key, every_s=30.0, interval=1):
+        super().__init__(interval)
+        self.path, self.key, self.every_s = Path(path), str(key), every_s
+        self.last = time.monotonic()
+
+    def write(self, state):
+        atomic_savez(self.path, p=state.p.reshape(state.op.shape), t=state.t, step=state.step,
+                     n_steps=state.n_steps, dt=state.dt, key=self.key)
+        self.last = time.monotonic()
+
+    def handle(self, state):
+        if time.monotonic() - self.last >= self.every_s:
+            self.write(state)
+
+
+def load_checkpoint(path, key):
+    """(p, step, n_steps, dt) from a checkpoint written for the problem ``key``."""
+    try:
+        with np.load(path) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+    if str(data["key"]) != str(key):
+        raise UserError(f"checkpoint {path} belongs to another case/grid; rerun without --resume")
+    return data["p"].ravel().copy(), int(data["step"]), int(data["n_steps"]), float(data["dt"])
+
+
+def step_size(op, t_final, dt=None, safety=0.8):
+    """(dt, n_steps): the fixed step landing on t_final; refuses forced dt above the bound."""
+    if not t_final > 0:
+        raise UserError(f"run.t_final must be > 0, got {t_final}")
+    dt_max = 1.0 / op.max_rate()
+    if dt is None:
+        dt = safety * dt_max
+    elif dt > dt_max * (1 + 1e-12):
+        raise UnstableError(f"run.dt = {dt:.4g} exceeds the stable step {dt_max:.4g} "
+                            "of this grid (positivity bound)")
+    n_steps = max(1, math.ceil(t_final / dt - 1e-9))
+    return t_final / n_steps, n_steps
+
+
+def _ssp_rk3(op, p, dt, k, out):
+    """One Shu-Osher SSP-RK3 step p → out (flat arrays); ``k`` is scratch."""
+    op.rate(p, out=k)
+    p1 = p + dt * k
+    op.rate(p1, out=k)
+    p2 = 0.75 * p + 0.25 * (p1 + dt * k)
+    op.rate(p2, out=k)
+    out[:] = p / 3.0 + (2.0 / 3.0) * (p2 + dt * k)
+
+
+def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, resume=None):
+    """Integrate ∂_t p = Lp from p0 (grid shape) to t_final with SSP-RK3.
+
+    ``checkpoint``: a CheckpointTracker (written on schedule and on Ctrl-C, which then
+    re-raises KeyboardInterrupt); ``resume``: (p, step, n_steps, dt) from
+    :func:`load_checkpoint`. Returns a SolveResult.
+    """
+    start = time.perf_counter()
+    if resume is None:
+        dt, n_steps = step_size(op, t_final, dt, safety)
+        p, step = np.array(p0, dtype=float).ravel(), 0
+    else:
+        p, step, n_steps, dt = resume
+    trackers = list(trackers) + ([checkpoint] if checkpoint is not None else [])
+    cons = next((t for t in trackers if isinstance(t, ConservationTracker)), None)
+    if cons is None:
+        cons = ConservationTracker(interval=max(1, n_steps // 100))
+        trackers.append(cons)
+    state = State(p, step * dt, step, n_steps, dt, op)
+    k, out = np.empty_like(p), np.empty_like(p)
+    status = "t_final"
+    for tr in trackers:
+        tr.start(state)
+    try:
+        while state.step < n_steps:
+            _ssp_rk3(op, state.p, dt, k, out)
+            state.p, out = out, state.p
+            state.step += 1
+            state.t = state.step * dt
+            stop = None
+            for tr in trackers:
+                if state.step % tr.interval == 0 or state.step == n_steps:
+                    stop = tr.handle(state) or stop
+            if stop:
+                status = stop
+                break
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            checkpoint.write(state)
+        raise
+    finally:
+        for tr in trackers:
+            tr.finish(state)
+    cons.handle(state)
+    vol = op.grid.cell_volume
+    res = np.abs(op.rate(state.p)).sum() * vol
+    mass = state.p.sum() * vol
+    msg = ("reached t_final" if status == "t_final" else
+           f"stopped at t = {state.t:.6g}: {status} (tracker)")
+    return SolveResult(p=state.p.reshape(op.shape), t=state.t, success=True, status=status,
+                       message=msg, n_steps=state.step, n_rhs=3 * state.step, dt=dt,
+                       residual=res, residual_rel=res / op.max_rate(),
+                       mass_error=abs(mass - cons.mass0) / cons.mass0,
+                       min_density=float(state.p.min()),
+                       wall_time_s=time.perf_counter() - start,
+                       history={"max_mass_error": cons.max_mass_error,
+                                "min_density_rel": cons.min_rel})
+
+
+# ------------------------------------------------------------------ stationary
+
+
+def _newton_direct(op, p, vol):
+    """One Newton step with sparse LU: solve Jac(p) x = 0 with x_r = 1 at the peak cell."""
+    jac = jacobian_matrix(op, p).tocsr()
+    r = int(np.argmax(p))
+    keep = np.ones(op.size)
+    keep[r] = 0.0
+    m = (sp.diags(keep) @ jac + sp.csr_matrix(([1.0], ([r], [r])), shape=jac.shape)).tocsc()
+    rhs = np.zeros(op.size)
+    rhs[r] = 1.0
+    x = spla.splu(m, permc_spec="MMD_AT_PLUS_A").solve(rhs)
+    return x / (x.sum() * vol), 0
+
+
+def _newton_krylov(op, p, vol, rel_tol):
+    """One inexact Newton step with matrix-free GMRES on Jac(p) δ = −L(p)p."""
+    r = op.rate(p)
+    count = [0]
+
+    def matvec(w):
+        count[0] += 1
+        return op.jacobian_apply(p, w)
+
+    a = spla.LinearOperator((op.size, op.size), matvec=matvec, dtype=float)
+    delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=40, maxiter=25)
+    x = p + delta
+    return x / (x.sum() * vol), count[0]
+
+
+def prolong(p, grid, fine):
+    """Piecewise-linear interpolation of cell averages p on ``grid`` to the ``fine`` grid."""
+    from scipy.interpolate import RegularGridInterpolator
+    f = RegularGridInterpolator(grid.centers, p, bounds_error=False, fill_value=None)
+    out = np.maximum(f(fine.mesh().reshape(-1, fine.ndim)), 0.0)
+    return out / (out.sum() * fine.cell_volume)
+
+
+def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3):
+    """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
+
+    ``p0``: initial guess (default: constant, or for Krylov grids the solution on the grid
+    with half the cells per axis when ``nested`` is true, the default there). Stops when
+    ‖Lp‖₁/rate_max < tol ("converged") or after ``max_iter`` steps ("max_iter").
+    """
+    start = time.perf_counter()
+    grid = op.grid
+    vol = grid.cell_volume
+    direct = op.size <= DIRECT_MAX_CELLS
+    nested = (not direct) if nested is None else nested
+    n_rhs = 0
+    if p0 is None and nested and min(grid.shape) >= 16:
+        coarse = uniform_grid([n // 2 for n in grid.shape], grid.bounds)
+        cop = FPOperator(coarse, op.drift, op.diffusion, op.mean)
+        sub = stationary(cop, tol=tol, max_iter=max_iter, krylov_tol=krylov_tol)
+        n_rhs += sub.n_rhs
+        p0 = prolong(sub.p, coarse, grid)
+    p = np.full(op.size, 1.0 / (op.size * vol)) if p0 is None else np.array(p0, float).ravel()
+    p = p / (p.sum() * vol)
+    rate_max = op.max_rate()
+    res = np.abs(op.rate(p)).sum() * vol
+    status, it = "max_iter", 0
+    for it in range(1, max_iter + 1):
+        if direct:
+            p, nmv = _newton_direct(op, p, vol)
+        else:
+            p, nmv = _newton_krylov(op, p, vol, krylov_tol)
+        n_rhs += nmv + 1
+        if not np.all(np.isfinite(p)):
+            raise SolverError("the stationary solve produced NaN; the grid is too coarse")
+        res = np.abs(op.rate(p)).sum() * vol
+        if res / rate_max < tol:
+            status = "converged"
+            break
+    msg = (f"Newton converged in {it} steps, relative residual {res / rate_max:.2e}"
+           if status == "converged" else
+           f"Newton stopped after {it} steps at relative residual {res / rate_max:.2e} "
+           f"(> tol {tol:g})")
+    return SolveResult(p=p.reshape(op.shape), t=None, success=status == "converged",
+                       status=status, message=msg, n_iter=it, n_rhs=n_rhs, residual=res,
+                       residual_rel=res / rate_max, mass_error=abs(p.sum() * vol - 1.0),
+                       min_density=float(p.min()), wall_time_s=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ cases
+
+
+@dataclass
+class Problem:
+    """A case turned into numbers: model, grid, operator, initial density (None when
+    stationary), initial/stationary Gaussians (mean, cov) and t_final."""
+
+    model: object
+    grid: object
+    op: FPOperator
+    p0: np.ndarray | None
+    t_final: float | None
+    initial: tuple | None
+    stationary: tuple
+
+
+def setup_problem(case, model=None, cells=None):
+    """Problem for ``case``: grid sized from the stationary covariance (and the initial
+    Gaussian N(initial_mean, initial_cov_scale·P) for transients), operator, initial cell
+    averages normalised to mass 1. ``cells`` overrides case.grid.cells."""
+    from . import theory
+    from .sgd import build_model
+    model = build_model(case) if model is None else model
+    if model.dim > 2:
+        raise UserError(f"the Fokker-Planck solver needs d <= 2 parameters, the case has "
+                        f"{model.dim} (loss.hessian)")
+    n = 2 * model.dim
+    cov_ss = theory.stationary_cov(model)
+    stat = (model.stationary_mean, cov_ss)
+    run = case.run
+    initial = None
+    if run.t_final is not None:
+        if not run.t_final > 0:
+            raise UserError(f"run.t_final must be > 0, got {run.t_final}")
+        mean0 = np.zeros(n) if run.initial_mean is None else np.asarray(run.initial_mean, float)
+        initial = (mean0, run.initial_cov_scale * cov_ss)
+    cells = case.grid.cells if cells is None else cells
+    cells = tuple(np.broadcast_to(np.asarray(cells, dtype=int), (n,)))
+    grid = sized_grid(cells, stat, width=case.grid.width or 6.0, bounds=case.grid.bounds,
+                      initial=initial, force=case.grid.force)
+    op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
+    p0 = None
+    if initial is not None:
+        p0 = theory.gaussian_cell_averages(initial[0], initial[1], grid.edges)
+        p0 /= p0.sum() * grid.cell_volume
+    return Problem(model, grid, op, p0, run.t_final, initial, stat)
