@@ -1,11 +1,138 @@
-"""``fpsolver run``: placeholder until its issue lands (says so and exits 2)."""
+"""``fpsolver run [CASE] --out DIR``: solve the Fokker-Planck equation, compare with the exact
+Gaussian, write DIR/summary.json, DIR/density.npz and (2-D) DIR/density.png."""
 
-from ..errors import UserError
+from pathlib import Path
+
+from . import add_case_argument, case_from_args
+
+KRYLOV_MIN_TOL = 1e-7  # relative residual reachable in budget by the 4-D GMRES solve
 
 
 def add_parser(subparsers):
-    return subparsers.add_parser("run", help="(not available yet)")
+    p = subparsers.add_parser(
+        "run", help="solve the Fokker-Planck equation of a case and compare with the exact solution",
+        description="Build the phase-space model of CASE (default: the built-in case), solve "
+                    "the Fokker-Planck equation to run.t_final (or to the stationary state "
+                    "when t_final is absent), compare with the exact Gaussian and write "
+                    "DIR/summary.json, DIR/density.npz and a figure (2-D).")
+    add_case_argument(p, optional=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a transient run from DIR/checkpoint.npz (same answer)")
+    p.add_argument("--force", action="store_true", help="overwrite results already in DIR")
+    p.add_argument("--cells", type=int, default=None,
+                   help="cells per phase-space axis (overrides grid.cells)")
+    p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                   help="wall time between checkpoints of a transient run (default 30)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-figure", action="store_true", help="skip density.png")
+    return p
+
+
+def _fingerprint(case, grid):
+    """Identity of a problem for checkpoints: the case contents and the grid."""
+    import hashlib
+    import json
+
+    from ..case import case_to_dict
+    text = json.dumps([case_to_dict(case), [list(map(float, e[[0, -1]])) for e in grid.edges],
+                       list(grid.shape)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _figure(path, problem, p, exact):
+    """Density heat map with exact contours (2-D phase space only)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io import atomic_replace
+    g = problem.grid
+    fig, ax = plt.subplots(figsize=(5, 4))
+    mesh = ax.pcolormesh(g.edges[0], g.edges[1], p.T, shading="flat", cmap="viridis")
+    ax.contour(g.centers[0], g.centers[1], exact.T, levels=6, colors="w", linewidths=0.7)
+    fig.colorbar(mesh, ax=ax, label="p (solver); contours: exact")
+    ax.set_xlabel("θ")
+    ax.set_ylabel("v")
+    with atomic_replace(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 def run(args):
-    raise UserError("fpsolver run is not available in this version")
+    import math
+    import time
+
+    import numpy as np
+
+    from .. import __version__, theory
+    from ..analysis import compare, exact_moments, moments
+    from ..errors import GridError, UserError
+    from ..io import atomic_savez, atomic_write_json
+    from ..solve import (DIRECT_MAX_CELLS, CheckpointTracker, ConservationTracker,
+                         ProgressTracker, evolve, load_checkpoint, setup_problem, stationary)
+
+    start = time.perf_counter()
+    case = case_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    summary_path = out / "summary.json"
+    if summary_path.exists() and not (args.force or args.resume):
+        raise UserError(f"{summary_path} exists; pass --force to overwrite")
+    if args.cells is not None and args.cells < 8:
+        raise GridError(f"--cells must be >= 8, got {args.cells}")
+    problem = setup_problem(case, cells=args.cells)
+    op, grid = problem.op, problem.grid
+    key = _fingerprint(case, grid)
+    ckpt = out / "checkpoint.npz"
+    had_ckpt = ckpt.exists()
+    try:
+        if problem.t_final is None:
+            direct = op.size <= DIRECT_MAX_CELLS
+            tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
+            result = stationary(op, tol=tol)
+            solver = "newton-lu" if direct else "newton-gmres (nested)"
+            if not result.success:
+                raise UserError(f"stationary solve did not converge: {result.message}")
+        else:
+            resume = load_checkpoint(ckpt, key) if (args.resume and had_ckpt) else None
+            tol = case.run.steady_tol
+            tracker = CheckpointTracker(ckpt, key, every_s=args.checkpoint_every)
+            trackers = [ProgressTracker(enabled=not args.no_progress), ConservationTracker()]
+            result = evolve(op, problem.p0, problem.t_final, dt=case.run.dt,
+                            safety=case.run.safety, trackers=trackers, checkpoint=tracker,
+                            resume=resume)
+            solver = "ssp-rk3"
+    except UserError:
+        if ckpt.exists() and not had_ckpt:
+            ckpt.unlink()
+        raise
+    errors = compare(problem, result)
+    mean_ex, cov_ex = exact_moments(problem.model, result.t, problem.initial)
+    mean, cov = moments(result.p, grid)
+    exact = theory.gaussian_cell_averages(mean_ex, cov_ex, grid.edges)
+    summary = {
+        "case": case.name, "cells": list(grid.shape), "solver": solver,
+        "scheme": "MUSCL/van Leer (θ), hybrid central-upwind (v), conservative, zero-flux walls",
+        "t_final": problem.t_final, "wall_time_s": None, **errors,
+        "status": result.status, "message": result.message, "residual": result.residual,
+        "residual_rel": result.residual_rel, "n_steps": result.n_steps,
+        "n_iter": result.n_iter, "n_rhs": result.n_rhs, "dt": result.dt,
+        "bounds": [list(b) for b in grid.bounds], "mass_outside": grid.mass_outside,
+        "mean": mean, "mean_exact": mean_ex, "cov": cov, "cov_exact": cov_ex,
+        "version": __version__,
+    }
+    centers = {f"centers_{k}": c for k, c in enumerate(grid.centers)}
+    t_out = math.inf if result.t is None else result.t
+    atomic_savez(out / "density.npz", p=result.p, t=np.float64(t_out), **centers)
+    if grid.ndim == 2 and not args.no_figure:
+        _figure(out / "density.png", problem, result.p, exact)
+    summary["wall_time_s"] = time.perf_counter() - start
+    atomic_write_json(summary_path, summary)
+    if ckpt.exists():
+        ckpt.unlink()
+    print(f"{case.name}: {solver} on {'x'.join(map(str, grid.shape))}, {result.message}; "
+          f"L1 error {errors['l1_error']:.3e}, current error "
+          f"{errors['current_l1_rel_error']:.3e}; wrote {out}")
+    return 0
