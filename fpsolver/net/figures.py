@@ -135,9 +135,10 @@ def diffusion(path, rec, summary):
     ax.loglog(steps, rec["dist2"], label=f"measured, all parameters (c = {d['exponent_full']:.2f})")
     ax.loglog(steps, (rec["theta_proj"] ** 2).sum(axis=1),
               label=f"measured, top-k subspace (c = {d['exponent_topk']:.2f})")
-    if "level2" in d:
+    if "level1" in d:
         ax.loglog(d["theory_steps"], d["level1"], "--",
                   label=f"level 1, top-k (c = {d['exponent_level1']:.2f})")
+    if "level2" in d:
         ax.loglog(d["theory_steps"], d["level2"], ":",
                   label=f"level 2, top-k (c = {d['exponent_level2']:.2f})")
     ax.axvspan(*d["window"], color="0.9", zorder=0)

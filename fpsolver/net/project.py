@@ -11,9 +11,11 @@ Lyapunov) through :mod:`fpsolver.theory`.
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy.linalg import LinAlgWarning
 
 from .. import theory
 from ..errors import UserError
@@ -50,11 +52,29 @@ def noise_covariance(sample_grad_proj):
 def _mode_model(h, sigma2, hyper):
     """The 1-D :class:`PhaseSpaceModel` of a mode, or (None, reason) when it has none."""
     lr, momentum, weight_decay, batch_size = hyper
+    if not h > 0:
+        return None, f"h = {h:.6g} <= 0: no quadratic minimum along this direction"
     try:
         return PhaseSpaceModel.from_arrays([[h]], [[max(sigma2, 0.0)]], lr, momentum,
                                            weight_decay, batch_size), None
     except UserError as exc:
         return None, str(exc)
+
+
+def level2_cov(model):
+    """Level 2 (recorded pair) of a 1-D mode: the discrete Lyapunov solve, or, where that
+    is ill-conditioned (η(h+λ) ≪ 1 − β puts F's eigenvalue within round-off of 1), the
+    exact 1-D identity level 2 = r_d · level 1 with cross term (η/2)Var v (THEORY.md §8).
+    Returns (cov (2, 2), method)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LinAlgWarning)
+        try:
+            return theory.discrete_stationary_cov(model, "recorded"), "lyapunov"
+        except LinAlgWarning:
+            pass
+    c = theory.stationary_cov(model) * theory.discrete_ratio(model)[0]
+    c[0, 1] = c[1, 0] = model.hyper.lr / 2 * c[1, 1]
+    return c, "r_d x level 1"
 
 
 def rotation_theory(h, hyper):
@@ -119,10 +139,10 @@ def analyse(rec, eig, burn_in=0.2, window=None):
             entry["theory"] = None
             entry["theory_error"] = why
         else:
-            c1, c2 = theory.stationary_cov(model), theory.discrete_stationary_cov(model, "recorded")
+            c1, (c2, method) = theory.stationary_cov(model), level2_cov(model)
             gi, ti = float(eig["grad_proj"][i]), float(eig["theta_proj"][i])
             entry.update({
-                "theory": "ok", "mu_theta": -(gi + lam * ti) / (hi + lam),
+                "theory": "ok", "level2_method": method, "mu_theta": -(gi + lam * ti) / (hi + lam),
                 "var_theta_level1": c1[0, 0], "var_theta_level2": c2[0, 0],
                 "var_v_level1": c1[1, 1], "var_v_level2": c2[1, 1],
                 "cov_theta_v_level2": c2[0, 1], "cov_theta_v": float(np.cov(x[:, i], v[:, i])[0, 1]),
@@ -167,10 +187,16 @@ def _diffusion(rec, eig, h, sigma, modes, hyper, window):
                                             lam, batch, minimum=t - g / h[idx])
         grid = np.unique(np.geomspace(max(steps[0], 1), steps[-1], 60).astype(int))
         d1 = theory.diffusion_curve_continuous(model, t, grid)
-        d2 = theory.diffusion_curve_discrete(model, t, grid)
-        out.update({"theory_steps": grid.tolist(), "level1": d1.tolist(), "level2": d2.tolist(),
-                    "exponent_level1": theory.fit_exponent(grid, d1, k1, k2),
-                    "exponent_level2": theory.fit_exponent(grid, d2, k1, k2)})
+        out.update({"theory_steps": grid.tolist(), "level1": d1.tolist(),
+                    "exponent_level1": theory.fit_exponent(grid, d1, k1, k2)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", LinAlgWarning)
+            try:
+                d2 = theory.diffusion_curve_discrete(model, t, grid)
+            except LinAlgWarning:
+                out["level2_note"] = "discrete Lyapunov solve ill-conditioned; level 2 omitted"
+                return out
+        out.update({"level2": d2.tolist(), "exponent_level2": theory.fit_exponent(grid, d2, k1, k2)})
     return out
 
 

@@ -130,13 +130,14 @@ def train(model, loss_fn, dataset, steps, lr, momentum=0.9, weight_decay=0.0, ba
     return float(np.mean(losses[-max(1, steps // 10):]))
 
 
-def momentum_buffer(model, optimizer):
-    """The flat momentum buffer buf_k (n,) (zeros before the first update)."""
-    out = []
+def momentum_buffer(model, optimizer, out=None):
+    """The flat momentum buffer buf_k (n,) (zeros before the first update), into ``out``."""
+    bufs = []
     for p in trainable(model):
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
-        out.append(torch.zeros_like(p) if buf is None else buf)
-    return flat(out).detach()
+        bufs.append((torch.zeros_like(p) if buf is None else buf).reshape(-1))
+    with torch.no_grad():
+        return torch.cat(bufs, out=out)
 
 
 def _create(path, settings, directions, eigenvalues, n_params, meta):
@@ -206,10 +207,12 @@ def record(model, loss_fn, dataset, directions, path, checkpoint, settings, *, e
     path, checkpoint = Path(path), Path(checkpoint)
     model.to(device)
     params = trainable(model)
-    directions = directions.to(device)
     n_params = sum(p.numel() for p in params)
     if directions.ndim != 2 or directions.shape[1] != n_params:
         raise UserError(f"directions must have shape (k, {n_params}), got {tuple(directions.shape)}")
+    dtype = params[0].dtype
+    directions = directions.to(device=device, dtype=dtype)
+    theta, diff, buf = (torch.empty(n_params, dtype=dtype, device=device) for _ in range(3))
     optimizer = make_optimizer(model, settings.lr, settings.momentum, settings.weight_decay)
     start = 0
     if path.exists() and checkpoint.exists():
@@ -233,16 +236,16 @@ def record(model, loss_fn, dataset, directions, path, checkpoint, settings, *, e
         if not np.isfinite(loss):
             raise UserError(f"SGD diverged at step {step} (loss {loss}); lower lr")
         if step % settings.record_every == 0:
-            with torch.no_grad():
-                theta = flat(params)
-                diff = (theta - theta_ref).to(directions.dtype)
-                buf = momentum_buffer(model, optimizer).to(directions.dtype)
+            with torch.no_grad():  # preallocated flat vectors: no 3·n allocations per record
+                torch.cat([p.reshape(-1) for p in params], out=theta)
+                torch.sub(theta, theta_ref, out=diff)
+                momentum_buffer(model, optimizer, out=buf)
                 rows["step"].append(step)
                 rows["theta_proj"].append((directions @ diff).double().cpu().numpy())
                 rows["buf_proj"].append((directions @ buf).double().cpu().numpy())
-                rows["dist2"].append(float(diff.double() @ diff.double()))
-                rows["step_norm2"].append(settings.lr ** 2 * float(buf.double() @ buf.double()))
-                rows["theta_norm2"].append(float(theta.double() @ theta.double()))
+                rows["dist2"].append(float(torch.dot(diff, diff)))
+                rows["step_norm2"].append(settings.lr ** 2 * float(torch.dot(buf, buf)))
+                rows["theta_norm2"].append(float(torch.dot(theta, theta)))
                 rows["loss"].append(loss)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             _rewrite(path, rows, step)
