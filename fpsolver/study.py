@@ -3,8 +3,9 @@
 * ``buffer``: η²E‖buf‖² against η²σ² tr H/(S(1−β²)) (the paper's sweep figure), Monte-Carlo
   and the theory levels on the same axes;
 * ``exponents``: the fitted exponent c of Δ(k) = ‖θ_k − θ₀‖² against each swept axis (η, S,
-  β, ...), one row per fitting window, Monte-Carlo (±1 s.e.) and theory (levels 1, 2);
-* ``diffusion_grid``: log-log Δ(k) for a selection of points;
+  β, ...), one row per fitting window, Monte-Carlo (±1 s.e.) and theory (levels 1, 2, and
+  3 for θ₀ = μ);
+* ``diffusion_grid``: log-log Δ(k) for a selection of points, Monte-Carlo and theory;
 * ``continuous_ratio``: continuous prediction / Monte-Carlo (or / level 3 without
   Monte-Carlo) across the sweep against the small parameters of THEORY.md §8.
 
@@ -23,7 +24,7 @@ LEVEL_STYLE = {"continuous": ("C0", "-", "s"), "discrete": ("C1", "--", "^"),
 AXIS_LABELS = {"lr": "learning rate η", "batch_size": "batch size S", "momentum": "momentum β",
                "weight_decay": "weight decay λ", "sigma2": "σ²", "label_noise": "label noise",
                "dim": "dimension d", "alpha": "spectrum exponent α", "h_max": "h_max"}
-LOG_AXES = ("lr", "batch_size", "weight_decay", "sigma2", "dim", "h_max")
+LOG_AXES = ("lr", "weight_decay", "sigma2", "h_max")
 MAX_DELTA_PANELS = 12
 
 
@@ -43,7 +44,7 @@ def _ok(table):
 def windows(table):
     """The fitting windows (k1, k2) present in the table's exponent columns, sorted."""
     found = {tuple(int(x) for x in m.groups()) for c in table.columns
-             if (m := re.fullmatch(r"c_(?:continuous|discrete|mc)_(\d+)_(\d+)", c))}
+             if (m := re.fullmatch(r"c_(?:continuous|discrete|exact|mc)_(\d+)_(\d+)", c))}
     return sorted(found)
 
 
@@ -106,8 +107,7 @@ def exponent_figure(table):
             ax = axs[i, j]
             for n, sub in enumerate(_axis_series(rows, name, axes_names)):
                 x = sub[name].to_numpy(dtype=float)
-                for level in ("continuous", "discrete"):
-                    color, style, _ = LEVEL_STYLE[level]
+                for level, (color, style, _) in LEVEL_STYLE.items():
                     col = f"c_{level}_{k1}_{k2}"
                     if col in sub:
                         ax.plot(x, sub[col], style, color=color,
@@ -151,9 +151,9 @@ def diffusion_grid_figure(table, max_panels=MAX_DELTA_PANELS):
                             sharex=True)
     for ax, (_, row) in zip(axs.flat, rows.iterrows()):
         k = np.asarray(row["delta_k"], dtype=float)
-        for level in ("continuous", "discrete"):
-            color, style, _ = LEVEL_STYLE[level]
-            ax.plot(k, row[f"delta_{level}"], style, color=color, label=level)
+        for level, (color, style, _) in LEVEL_STYLE.items():
+            if isinstance(row.get(f"delta_{level}"), (list, np.ndarray)):
+                ax.plot(k, row[f"delta_{level}"], style, color=color, label=level)
         if "delta_mc" in row and isinstance(row["delta_mc"], (list, np.ndarray)):
             mean, se = np.asarray(row["delta_mc"]), np.asarray(row["delta_mc_se"])
             ax.plot(k, mean, "k.", ms=3, label="Monte-Carlo")

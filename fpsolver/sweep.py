@@ -445,17 +445,44 @@ def theta_start(model, offset):
     return model.mu + offset * np.ones(model.dim) / math.sqrt(model.dim)
 
 
-def theory_diffusion(model, diffusion):
-    """Δ(k) of levels 1 and 2 from (θ₀, v₀ = 0) and their fitted exponents per window."""
+def diffusion_curve_exact_from_mu(model, k):
+    """Level-3 E‖θ_k − μ‖² from (θ₀ = μ, buf₀ = 0) with state-dependent noise; k: int array.
+
+    Second moments M_k of z_k = (θ_k − μ, buf_k) obey M_{k+1} = F M_k Fᵀ + (1/S)E_i[Δ_i M_k
+    Δ_iᵀ] + G(Σ(μ)/S)Gᵀ from M_0 = 0 (the recursion of THEORY.md §8; the cross terms vanish
+    because E z_k = 0 when θ₀ = μ). Returns tr of the θθ block at each k.
+    """
+    from . import theory as th
+
+    f, g, q = th.discrete_matrices(model)
+    d, h = model.dim, model.hyper
+    fourth = th._fourth_moment_map(model)
+    c = np.array([[h.lr ** 2, -h.lr], [-h.lr, 1.0]])
+    source = g @ q @ g.T
+    moments = np.zeros_like(source)
+    traces = np.empty(int(np.max(k)) + 1)
+    traces[0] = 0.0
+    for step in range(1, len(traces)):
+        moments = f @ moments @ f.T + np.kron(c, fourth(moments[:d, :d])) / h.batch_size + source
+        traces[step] = np.trace(moments[:d, :d])
+    return traces[np.asarray(k)]
+
+
+def theory_diffusion(model, diffusion, levels):
+    """Δ(k) from (θ₀, v₀ = 0) and its fitted exponents per window: levels 1 and 2, and
+    level 3 when it is requested, the model has data and θ₀ = μ."""
     from . import theory as th
 
     k = diffusion.k
     theta0 = theta_start(model, diffusion.offset)
+    curves = {"continuous": lambda: th.diffusion_curve_continuous(model, theta0, k),
+              "discrete": lambda: th.diffusion_curve_discrete(model, theta0, k)}
+    if 3 in levels and model.data is not None and diffusion.offset == 0:
+        curves["exact"] = lambda: diffusion_curve_exact_from_mu(model, k)
     out = {"delta_k": k.tolist()}
-    for level, curve in (("continuous", th.diffusion_curve_continuous),
-                         ("discrete", th.diffusion_curve_discrete)):
+    for level, curve in curves.items():
         with np.errstate(under="ignore"):
-            delta = curve(model, theta0, k)
+            delta = curve()
         out[f"delta_{level}"] = delta.tolist()
         for k1, k2 in diffusion.windows:
             out[f"c_{level}_{k1}_{k2}"] = th.fit_exponent(k, delta, k1, k2)
@@ -504,7 +531,7 @@ def evaluate_point(sweep, point):
         row.update(describe_model(model))
         row.update(theory_moments(model, sweep.levels))
         if sweep.diffusion is not None:
-            row.update(theory_diffusion(model, sweep.diffusion))
+            row.update(theory_diffusion(model, sweep.diffusion, sweep.levels))
         if sweep.simulate is not None:
             row.update(monte_carlo(model, sweep, point.seed))
             add_ratios(row, sweep.levels)
@@ -687,7 +714,3 @@ def run_sweep(sweep, out, scheduler=None, workers=2, processes=True, progress=Tr
                 cluster.close()
     return consolidate(out)
 
-
-def results_equal_columns(table):
-    """The columns of a results table that are deterministic (all but wall time, worker)."""
-    return [c for c in table.columns if c not in RUN_COLUMNS]
