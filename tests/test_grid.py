@@ -1,0 +1,54 @@
+"""Phase-space grids: sizing from Gaussians, exact tail masses, refusals."""
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from fpsolver.errors import GridError
+from fpsolver.grid import gaussian_mass_outside, sized_grid, uniform_grid
+
+
+def test_uniform_grid_geometry():
+    g = uniform_grid((10, 20), ((-1.0, 1.0), (0.0, 4.0)))
+    assert g.shape == (10, 20) and g.ndim == 2
+    np.testing.assert_allclose(g.spacing, [0.2, 0.2], rtol=1e-15)
+    np.testing.assert_allclose(g.centers[0][[0, -1]], [-0.9, 0.9], rtol=1e-14)
+    assert g.cell_volume == pytest.approx(0.04, rel=1e-14)
+    assert g.mass(np.full(g.shape, 1 / 8.0)) == pytest.approx(1.0, rel=1e-14)
+
+
+def test_sized_grid_spans_width_standard_deviations_and_holds_the_initial_gaussian():
+    mean, cov = np.array([0.5, 0.0]), np.diag([0.04, 1.0])
+    g = sized_grid((16, 16), (mean, cov), width=6.0)
+    np.testing.assert_allclose(np.array(g.bounds), [[-0.7, 1.7], [-6.0, 6.0]], rtol=1e-14)
+    # initial N((2, 0), 0.25 cov): widened to 2 + 6·0.1 = 2.6 on the right only
+    g2 = sized_grid((16, 16), (mean, cov), 6.0, initial=(np.array([2.0, 0.0]), 0.25 * cov))
+    np.testing.assert_allclose(np.array(g2.bounds), [[-0.7, 2.6], [-6.0, 6.0]], rtol=1e-14)
+
+
+def test_mass_outside_is_the_sum_of_exact_marginal_tails():
+    mean, cov = np.zeros(2), np.array([[1.0, 0.3], [0.3, 4.0]])
+    bounds = ((-5.0, 4.0), (-9.0, 10.0))
+    expected = norm.sf(5) + norm.sf(4) + norm.sf(4.5) + norm.sf(5.0)
+    assert gaussian_mass_outside(mean, cov, bounds) == pytest.approx(expected, rel=1e-13)
+    # width 6 on both axes: 4 tails of 9.87e-10 each
+    g = sized_grid((8, 8), (mean, cov), 6.0)
+    assert g.mass_outside["stationary"] == pytest.approx(4 * norm.sf(6), rel=1e-12)
+
+
+def test_refuses_boxes_cutting_off_mass_unless_forced():
+    mean, cov = np.zeros(2), np.eye(2)
+    with pytest.raises(GridError, match="cuts off"):
+        sized_grid((16, 16), (mean, cov), width=4.0)  # 4·Φ(−4) = 1.3e-4 > 1e-6
+    g = sized_grid((16, 16), (mean, cov), width=4.0, force=True)
+    assert g.mass_outside["stationary"] == pytest.approx(4 * norm.sf(4), rel=1e-12)
+    with pytest.raises(GridError, match="initial"):
+        sized_grid((16, 16), (mean, cov), 6.0, initial=(np.zeros(2), 4 * np.eye(2)),
+                   bounds=((-6, 6), (-6, 6)))
+
+
+def test_refuses_too_few_cells_and_empty_bounds():
+    with pytest.raises(GridError, match="grid.cells"):
+        uniform_grid((7, 16), ((0, 1), (0, 1)))
+    with pytest.raises(GridError, match="lo < hi"):
+        uniform_grid((8, 8), ((0, 1), (1, 1)))
