@@ -64,7 +64,7 @@ def make_sweep(**overrides):
             "axes": {"lr": [0.005, 0.02, 0.08]}, "levels": [1, 2, 3],
             "diffusion": {"k_max": 100, "num_k": 20, "windows": [[10, 100]]}}
     data.update(overrides)
-    return sweep_from_dict(data)
+    return sweep_from_dict({k: v for k, v in data.items() if v is not None})
 
 
 # --------------------------------------------------------------------------- parsing
@@ -291,6 +291,35 @@ def test_killed_sweep_resumes_to_the_same_table(reference, cluster, sweep_file, 
     assert not list(out.glob("points/.*"))  # no temporary files left behind
     pd.testing.assert_frame_equal(_deterministic(table), _deterministic(reference[1]),
                                   check_exact=True)
+
+
+def test_crashing_point_is_retried_then_recorded_and_rerun_on_resume(cluster, tmp_path,
+                                                                     monkeypatch):
+    """An unexpected exception is retried (Dask retries = 2), then kept as an "error" row;
+    the sweep goes on, and a resumed sweep runs that point again."""
+    import fpsolver.sweep as sweep_module
+
+    attempts = tmp_path / "attempts"
+    original = sweep_module.evaluate_point
+
+    def flaky(sweep, point):
+        if point.index == 1:
+            with open(attempts, "a") as fh:
+                fh.write("x")
+            raise RuntimeError("worker lost its marbles\nsecond line")
+        return original(sweep, point)
+
+    sweep = make_sweep(axes={"lr": [0.01, 0.02, 0.04]}, levels=[1, 2], diffusion=None)
+    kwargs = dict(scheduler=cluster.scheduler_address, progress=False, log=lambda s: None)
+    monkeypatch.setattr(sweep_module, "evaluate_point", flaky)
+    table = run_sweep(sweep, tmp_path / "out", **kwargs)
+    assert attempts.read_text() == "xxx"  # 1 + RETRIES attempts
+    assert list(table["status"]) == ["ok", "error", "ok"]
+    assert table["error"][1] == "RuntimeError: worker lost its marbles"
+    monkeypatch.setattr(sweep_module, "evaluate_point", original)
+    table = run_sweep(sweep, tmp_path / "out", **kwargs)
+    assert list(table["status"]) == ["ok", "ok", "ok"] and attempts.read_text() == "xxx"
+    assert table["ev2_discrete"][1] == evaluate_point(sweep, expand_points(sweep)[1])["ev2_discrete"]
 
 
 def test_resume_refuses_a_different_sweep(reference, sweep_file, tmp_path):
