@@ -177,7 +177,8 @@ def continuous_ratio_figure(table):
     """Continuous (and discrete, exact) prediction / Monte-Carlo for tr Var θ and E‖v‖².
 
     Plotted against ε = η(h_max+λ)/(2(1+β)) + η(tr H+h_max)/(2S(1−β)) (THEORY.md §8): the
-    continuous formula holds only where ε ≪ 1. Without Monte-Carlo the reference is level 3
+    continuous formula holds only where ε ≪ 1. With a Fokker-Planck solve per point (d = 1)
+    its variances are shown too (they approximate the continuous level). Without Monte-Carlo the reference is level 3
     (or level 2 when there is no level 3).
     """
     plt = _pyplot()
@@ -192,6 +193,10 @@ def continuous_ratio_figure(table):
                 continue
             ratio = rows[f"{quantity}_{level}"] / rows[f"{quantity}_{reference}"]
             ax.plot(eps, ratio, marker, color=color, mfc="none", label=f"{level} / {ref_label}")
+        fp_column = {"tr_var_theta": "var_theta_fp", "ev2": "var_v_fp"}[quantity]
+        if fp_column in rows:  # d = 1: the solver's variance is the whole trace
+            ax.plot(eps, rows[fp_column] / rows[f"{quantity}_{reference}"], "x", color="C3",
+                    label=f"Fokker-Planck solve / {ref_label}")
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set(xscale="log", xlabel="η(h_max+λ)/(2(1+β)) + η(tr H+h_max)/(2S(1−β))",
                title=f"{title}: prediction / {ref_label}")

@@ -28,6 +28,9 @@ A sweep file (TOML) names a base case and the axes to vary::
     windows = [[10, 100], [100, 1000]]
     offset = 0.0
 
+    [fokker_planck]             # optional, d = 1 only: stationary 2-D Fokker-Planck solve
+    cells = 64
+
 Points are evaluated by :func:`evaluate_point` (pure: same point, same row, on any worker);
 :func:`run_sweep` farms them out on a ``dask.distributed`` cluster, writes one JSON file per
 finished point (atomically) into ``OUT/points/`` and consolidates them into
@@ -95,6 +98,14 @@ class DiffusionSpec:
 
 
 @dataclass(frozen=True)
+class FokkerPlanckSpec:
+    """A stationary 2-D Fokker-Planck solve per point (d = 1): ``cells`` per phase-space axis."""
+
+    cells: int = 64
+    tol: float = 1e-10
+
+
+@dataclass(frozen=True)
 class Sweep:
     """A validated sweep: the base case (TOML-shaped dict), axes and what to compute."""
 
@@ -107,6 +118,7 @@ class Sweep:
     spectrum: dict | None  # {"dim", "alpha", "h_max"} base values, or None
     simulate: SimulateSpec | None
     diffusion: DiffusionSpec | None
+    fokker_planck: FokkerPlanckSpec | None = None
 
     def fingerprint(self):
         """A hash of everything that defines the points' results (for safe resumes)."""
@@ -221,6 +233,14 @@ def _parse_diffusion(data):
     return diff
 
 
+def _parse_fokker_planck(data):
+    spec = {"cells": _positive(int), "tol": _positive(float)}
+    fp = FokkerPlanckSpec(**_take(_table(data, "fokker_planck"), "fokker_planck", spec))
+    if fp.cells < 16:
+        raise CaseError(f"fokker_planck.cells must be >= 16, got {fp.cells}")
+    return fp
+
+
 def _parse_levels(value, key):
     if not isinstance(value, list):
         raise CaseError(f"{key} must be a list of theory levels (1, 2, 3)")
@@ -252,16 +272,20 @@ def sweep_from_dict(data, base_dir=Path(".")):
             "mode": _choice(MODES), "seed": lambda v, k: _scalar(v, int, k),
             "levels": _parse_levels, "axes": lambda v, k: _parse_axes(v),
             "spectrum": lambda v, k: _parse_spectrum(v), "simulate": lambda v, k: _parse_simulate(v),
-            "diffusion": lambda v, k: _parse_diffusion(v)}
+            "diffusion": lambda v, k: _parse_diffusion(v),
+            "fokker_planck": lambda v, k: _parse_fokker_planck(v)}
     values = _take(dict(data), "", spec)
     sweep = Sweep(name=values.get("name", "sweep"), base=values["base"],
                   mode=values.get("mode", "one-at-a-time"), seed=values.get("seed", 0),
                   levels=values.get("levels", (1, 2, 3)), axes=values["axes"],
                   spectrum=values.get("spectrum"), simulate=values.get("simulate"),
-                  diffusion=values.get("diffusion"))
+                  diffusion=values.get("diffusion"), fokker_planck=values.get("fokker_planck"))
     _check_consistency(sweep)
     for point in sweep.points():  # every point must make a valid case (stability is per point)
-        point_case(sweep, point)
+        case = point_case(sweep, point)
+        if sweep.fokker_planck is not None and case.dim != 1:
+            raise CaseError(f"[fokker_planck] needs d = 1 (2-D phase space); sweep point "
+                            f"{point.index} has d = {case.dim}")
     return sweep
 
 
@@ -527,11 +551,14 @@ def evaluate_point(sweep, point):
     row = {"index": point.index, "axis": point.axis, "seed": point.seed,
            **point_values(sweep, point), "status": "ok", "error": ""}
     try:
-        model = build_model(point_case(sweep, point))
+        case = point_case(sweep, point)
+        model = build_model(case)
         row.update(describe_model(model))
         row.update(theory_moments(model, sweep.levels))
         if sweep.diffusion is not None:
             row.update(theory_diffusion(model, sweep.diffusion, sweep.levels))
+        if sweep.fokker_planck is not None:
+            row.update(fokker_planck(case, model, sweep.fokker_planck))
         if sweep.simulate is not None:
             row.update(monte_carlo(model, sweep, point.seed))
             add_ratios(row, sweep.levels)
@@ -540,6 +567,29 @@ def evaluate_point(sweep, point):
     row["wall_time_s"] = time.perf_counter() - start
     row["worker"] = _worker_address()
     return row
+
+
+def fokker_planck(case, model, spec):
+    """Stationary 2-D Fokker-Planck solve of the point: its variances, their relative errors
+    and the density's (``fp_l1_error`` = ∫|p − p_exact|) and current's against the exact
+    continuous Gaussian, and its cost."""
+    from .analysis import compare, moments
+    from .solve import setup_problem, stationary
+    from .theory import stationary_cov
+
+    start = time.perf_counter()
+    problem = setup_problem(case.replace(run={"t_final": None}), model, cells=spec.cells)
+    result = stationary(problem.op, tol=spec.tol)
+    errors = compare(problem, result)
+    _, cov = moments(result.p, problem.grid)
+    exact = stationary_cov(model)
+    return {"fp_status": result.status, "fp_cells": spec.cells,
+            "var_theta_fp": float(cov[0, 0]), "var_v_fp": float(cov[1, 1]),
+            "fp_var_theta_rel_error": float(cov[0, 0] / exact[0, 0] - 1),
+            "fp_var_v_rel_error": float(cov[1, 1] / exact[1, 1] - 1),
+            "fp_l1_error": errors["l1_error"],
+            "fp_current_l1_rel_error": errors["current_l1_rel_error"],
+            "fp_mass_error": errors["mass_error"], "fp_wall_time_s": time.perf_counter() - start}
 
 
 def monte_carlo(model, sweep, seed):
