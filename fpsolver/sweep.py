@@ -657,18 +657,21 @@ def finished_points(out):
 
 
 def _check_out_dir(sweep, out):
-    """Create OUT (and OUT/sweep.json); refuse an OUT that holds a different sweep."""
-    out = Path(out)
-    meta = out / "sweep.json"
-    fingerprint = sweep.fingerprint()
+    """Refuse an OUT that holds results of a different sweep (by fingerprint)."""
+    meta = Path(out) / "sweep.json"
     if meta.exists():
         old = json.loads(meta.read_text()).get("fingerprint")
-        if old != fingerprint:
+        if old != sweep.fingerprint():
             raise UserError(f"--out {out} holds results of a different sweep (fingerprint {old}, "
-                            f"this one {fingerprint}); use another directory")
-        return
-    atomic_write_json(meta, {"fingerprint": fingerprint, "fpsolver": __version__,
-                             "sweep": asdict(sweep)})
+                            f"this one {sweep.fingerprint()}); use another directory")
+
+
+def _write_sweep_meta(sweep, out):
+    """OUT/sweep.json: the sweep (as run) and its fingerprint, checked on resume."""
+    meta = Path(out) / "sweep.json"
+    if not meta.exists():
+        atomic_write_json(meta, {"fingerprint": sweep.fingerprint(), "fpsolver": __version__,
+                                 "sweep": asdict(sweep)})
 
 
 def consolidate(out):
@@ -742,6 +745,7 @@ def run_sweep(sweep, out, scheduler=None, workers=2, processes=True, progress=Tr
     if todo:
         client, cluster = _start_client(scheduler, workers, processes)
         try:
+            _write_sweep_meta(sweep, out)
             log(f"dask dashboard: {client.dashboard_link}")
             keys = [f"{sweep.name}-{sweep.fingerprint()}-{p.index:05d}" for p in todo]
             futures = client.map(evaluate_point, [sweep] * len(todo), todo, key=keys,

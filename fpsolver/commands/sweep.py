@@ -12,7 +12,8 @@ def add_parser(subparsers):
                     "DIR/results.parquet and DIR/results.csv, and the study figures to "
                     "DIR/figures/.")
     p.add_argument("sweep", help="sweep file (TOML); see examples/sweep_*.toml")
-    p.add_argument("--out", required=True, help="output directory (reused to resume)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (run again with the same DIR to resume)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="address of a running Dask scheduler (default: start a LocalCluster)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
