@@ -6,7 +6,7 @@ A sweep file (TOML) names a base case and the axes to vary::
     base = "case.toml"          # a case file relative to the sweep file, or an inline [base] table
     mode = "one-at-a-time"      # or "grid" (Cartesian product)
     seed = 0                    # sweep seed; point i simulates with seed_of(seed, i)
-    levels = [1, 2, 3]          # theory levels: continuous, discrete, exact (linear regression)
+    levels = [1, 2, 3]          # theory levels: continuous, discrete, exact (default: all that apply)
 
     [spectrum]                  # optional power-law Hessian h_i = h_max·i^(−alpha), i = 1..dim
     dim = 30                    # (feature eigenvalues of a linear-regression base case)
@@ -53,7 +53,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .case import _choice, _positive, _scalar, _table, _take, case_from_dict, case_to_dict, load_case
+from .case import (_choice, _num, _positive, _scalar, _table, _take, case_from_dict, case_to_dict,
+                   load_case)
 from .errors import CaseError, UserError
 from .io import atomic_replace, atomic_write_json, to_json
 
@@ -185,12 +186,8 @@ def _parse_axes(data):
 
 
 def _parse_spectrum(data):
-    spec = {"dim": _positive(int), "alpha": _num_float, "h_max": _positive(float)}
+    spec = {"dim": _positive(int), "alpha": _num(float), "h_max": _positive(float)}
     return _take(_table(data, "spectrum"), "spectrum", spec, required=("dim",))
-
-
-def _num_float(value, key):
-    return _scalar(value, float, key)
 
 
 def _parse_simulate(data):
@@ -269,15 +266,16 @@ def sweep_from_dict(data, base_dir=Path(".")):
     if "axes" not in data:
         raise CaseError("missing required table [axes]")
     spec = {"name": lambda v, k: _scalar(v, str, k), "base": lambda v, k: _parse_base(v, base_dir),
-            "mode": _choice(MODES), "seed": lambda v, k: _scalar(v, int, k),
+            "mode": _choice(MODES), "seed": _positive(int, allow_zero=True),
             "levels": _parse_levels, "axes": lambda v, k: _parse_axes(v),
             "spectrum": lambda v, k: _parse_spectrum(v), "simulate": lambda v, k: _parse_simulate(v),
             "diffusion": lambda v, k: _parse_diffusion(v),
             "fokker_planck": lambda v, k: _parse_fokker_planck(v)}
     values = _take(dict(data), "", spec)
+    default_levels = (1, 2, 3) if "linear_regression" in values["base"]["loss"] else (1, 2)
     sweep = Sweep(name=values.get("name", "sweep"), base=values["base"],
                   mode=values.get("mode", "one-at-a-time"), seed=values.get("seed", 0),
-                  levels=values.get("levels", (1, 2, 3)), axes=values["axes"],
+                  levels=values.get("levels", default_levels), axes=values["axes"],
                   spectrum=values.get("spectrum"), simulate=values.get("simulate"),
                   diffusion=values.get("diffusion"), fokker_planck=values.get("fokker_planck"))
     _check_consistency(sweep)
@@ -345,12 +343,10 @@ def expand_points(sweep):
 
 def base_values(sweep):
     """The base case's value of every axis (None where the axis does not apply)."""
-    base = sweep.base
-    lr_data = base["loss"].get("linear_regression", {})
-    out = {name: base["sgd"].get(name, default)
-           for name, default in zip(SGD_AXES, (None, 0.0, 0.0, 1))}
+    base = sweep.base  # case_to_dict output: every field with a value is present
+    out = {name: base["sgd"][name] for name in SGD_AXES}
     out["sigma2"] = base["noise"].get("sigma2")
-    out["label_noise"] = lr_data.get("label_noise", 0.5) if lr_data else None
+    out["label_noise"] = base["loss"].get("linear_regression", {}).get("label_noise")
     spectrum = {"alpha": 1.0, "h_max": 1.0, **(sweep.spectrum or {})}
     for name in SPECTRUM_AXES:
         out[name] = spectrum.get(name) if sweep.spectrum is not None else None

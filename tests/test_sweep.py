@@ -208,6 +208,7 @@ def test_fokker_planck_per_point_matches_the_exact_gaussian():
     assert row["fp_status"] == "converged" and row["fp_mass_error"] < 1e-12
     assert abs(row["fp_var_theta_rel_error"]) < 0.02 and abs(row["fp_var_v_rel_error"]) < 0.02
     assert row["var_theta_fp"] == pytest.approx(row["tr_var_theta_continuous"], rel=0.02)
+    assert sweep_from_dict({"base": base, "axes": {"lr": [0.1]}}).levels == (1, 2)  # no data
     with pytest.raises(CaseError, match=r"\[fokker_planck\] needs d = 1"):
         make_sweep(fokker_planck={"cells": 48})
 
