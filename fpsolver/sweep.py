@@ -299,6 +299,9 @@ def _check_consistency(sweep):
     if "sigma2" in names and noise_model not in ("proportional", "isotropic"):
         raise CaseError(f"axes.sigma2 needs noise.model = proportional or isotropic, "
                         f"the base case has {noise_model!r} (vary label_noise instead)")
+    if sweep.simulate and sweep.diffusion and sweep.simulate.steps < sweep.diffusion.k_max:
+        raise CaseError(f"simulate.steps = {sweep.simulate.steps} must be >= diffusion.k_max = "
+                        f"{sweep.diffusion.k_max} (Δ(k) is measured on the simulated steps)")
     if 3 in sweep.levels and not linear_regression:
         raise CaseError("levels: level 3 needs a [loss.linear_regression] base case; use [1, 2]")
 
@@ -706,7 +709,9 @@ def _failure_row(sweep, point, exc):
             "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
 
-def _start_client(scheduler, workers, processes):
+def _start_client(scheduler, workers):
+    """(client, cluster): connected to ``scheduler``, or to a new LocalCluster (cluster not
+    None) of ``workers`` single-threaded worker processes (Numba single-threaded too)."""
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
@@ -714,18 +719,18 @@ def _start_client(scheduler, workers, processes):
             return Client(scheduler, timeout="10s"), None
         except OSError as exc:
             raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           dashboard_address=":0", env={"NUMBA_NUM_THREADS": "1"}
-                           if processes else None)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", env={"NUMBA_NUM_THREADS": "1"})
     return Client(cluster), cluster
 
 
-def run_sweep(sweep, out, scheduler=None, workers=2, processes=True, progress=True, log=print):
+def run_sweep(sweep, out, scheduler=None, workers=2, progress=True, log=print):
     """Evaluate every unfinished point on Dask and consolidate; returns the results table.
 
-    ``scheduler``: address of a running scheduler (else a LocalCluster of ``workers``
-    single-threaded workers, processes unless ``processes=False``). Finished point files
-    in ``out/points/`` are kept, so re-running a killed sweep only does the rest.
+    ``scheduler``: address of a running scheduler (its workers must import fpsolver); else a
+    LocalCluster of ``workers`` single-threaded worker processes. Each point's row is
+    written to ``out/points/`` as it completes; finished points are skipped, so running a
+    killed sweep again only does the rest. ``log``: where the one-line messages go.
     """
     from distributed import as_completed
     from tqdm import tqdm
@@ -739,7 +744,7 @@ def run_sweep(sweep, out, scheduler=None, workers=2, processes=True, progress=Tr
     todo = [p for p in points if p.index not in done]
     log(f"sweep {sweep.name}: {len(points)} points, {len(done)} already done, {len(todo)} to run")
     if todo:
-        client, cluster = _start_client(scheduler, workers, processes)
+        client, cluster = _start_client(scheduler, workers)
         try:
             _write_sweep_meta(sweep, out)
             log(f"dask dashboard: {client.dashboard_link}")

@@ -80,6 +80,8 @@ def make_sweep(**overrides):
     ({"simulate": {"chains": 64, "step": 10}}, "simulate.step"),
     ({"diffusion": {"k_max": 50, "windows": [[10, 100]]}}, "diffusion.windows"),
     ({"levels": [1, 4]}, "levels"),
+    ({"simulate": {"steps": 50}, "diffusion": {"k_max": 100, "windows": [[10, 100]]}},
+     "simulate.steps"),
     ({"axes": {"sigma2": [0.1]}}, "axes.sigma2"),
     ({"spectrum": None, "axes": {"alpha": [1.0]}}, "axes.alpha"),
 ])
