@@ -28,7 +28,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.cpython.unsafe.tuple import tuple_setitem
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from . import theory
 from .errors import SolverError, UserError
@@ -39,6 +42,7 @@ PARALLEL_MIN_CHAIN_STEPS = 2_000_000  # below this the kernel runs on one thread
 N_BLOCKS = 128  # chains are grouped into at most this many fixed blocks (Δ sums, prange)
 PERM_BUDGET_BYTES = 2 ** 26  # reshuffle permutations held at once (chains are chunked)
 SEGMENT_CHAIN_STEPS = 50_000_000  # kernel call size (progress-bar granularity)
+TUPLE_MAX_DIM = 2  # state kept in register tuples up to this d (see _templates)
 SE_FLOOR_REL = 1e-9  # standard-error floor relative to sqrt(C_ii C_jj), see z_scores
 AGREE_Z = 4.0  # verdict threshold on max |z|
 
@@ -122,7 +126,7 @@ def _below(s0, s1, s2, s3, n):
     return min(int(u * n), n - 1), s0, s1, s2, s3
 
 
-@njit(inline="always")
+@njit
 def _normal(s0, s1, s2, s3):
     """One N(0, 1) draw (ziggurat) and the new state."""
     while True:
@@ -222,43 +226,127 @@ def chain_generators(seed, chains):
 # ----------------------------------------------------------------- the SGD kernel
 
 
+def _set(container, i, value):
+    """Container with entry i replaced: tuples (kept in registers) or arrays (in place)."""
+
+
+@overload(_set, inline="always")
+def _set_impl(container, i, value):
+    if isinstance(container, types.BaseTuple):
+        return lambda container, i, value: tuple_setitem(container, i, value)
+
+    def impl(container, i, value):
+        container[i] = value
+        return container
+    return impl
+
+
+@intrinsic
+def _borrowed(typingctx, arr):
+    """A view of ``arr`` without reference counting (the caller keeps ``arr`` alive)."""
+    def codegen(context, builder, sig, args):
+        view = context.make_array(sig.args[0])(context, builder, value=args[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        view.parent = cgutils.get_null_value(view.parent.type)
+        return view._getvalue()
+    return arr(arr), codegen
+
+
+def _size(template):
+    """Entries of a container: len of a tuple (a compile-time constant), else columns."""
+
+
+@overload(_size, inline="always")
+def _size_impl(template):
+    if isinstance(template, types.BaseTuple):
+        n = len(template)
+        return lambda template: n
+    return lambda template: template.shape[1]
+
+
+def _fresh(template, row):
+    """A zero container: the tuple itself, or ``row`` of a 2-D scratch array (zeroed, as a
+    view without reference counting so that rebinding it in hot loops costs nothing)."""
+
+
+@overload(_fresh, inline="always")
+def _fresh_impl(template, row):
+    if isinstance(template, types.BaseTuple):
+        return lambda template, row: template
+
+    def impl(template, row):
+        out = _borrowed(template[row])
+        out[:] = 0.0
+        return out
+    return impl
+
+
+def _zero(container, template):
+    """``container`` reset to zeros (tuples: the template; arrays: filled in place)."""
+
+
+@overload(_zero, inline="always")
+def _zero_impl(container, template):
+    if isinstance(container, types.BaseTuple):
+        return lambda container, template: template
+
+    def impl(container, template):
+        container[:] = 0.0
+        return container
+    return impl
+
+
+def _templates(d, n_blocks):
+    """Zero containers (d, 2d, 2d + 2d(2d+1)/2 entries) for the kernel's state and sums.
+
+    Tuples for d ≤ TUPLE_MAX_DIM: their length is a compile-time constant, so loops over
+    them unroll and the state lives in registers (one compiled kernel per d). Above, 2-D
+    scratch arrays with rows per block of chains (θ, buf and gradient: 3 rows; z; sums).
+    """
+    n = 2 * d
+    sizes = (d, n, n + n * (n + 1) // 2)
+    if d <= TUPLE_MAX_DIM:
+        return tuple((0.0,) * m for m in sizes)
+    return tuple(np.zeros((n_blocks * (3 if m == d else 1), m)) for m in sizes)
+
+
 @njit
 def _advance_block(b, bounds, theta, buf, rng, perm, pos,
                    lr, beta, wd, kmat, mu, root, x_data, y_data, batch_size, reshuffle,
                    k0, n_steps, burn_in, record_every, theta0,
-                   mom1, mom2, delta_sum, delta_sq, traj):
+                   mom1, mom2, delta_sum, delta_sq, traj, vec, pair, sums):
     """Advance chains bounds[b]..bounds[b+1]−1 by ``n_steps`` updates from global step k0.
 
     Gaussian mode when ``x_data`` has no rows (gradient K(θ−μ) + root·ξ, root = R/√S),
     else linear regression on (x_data, y_data) with batches of ``batch_size``. Update k
     (0-based) produces the pair (θ_{k+1}, v_k); it is accumulated into mom1 (chains, 2d)
-    and mom2 (chains, 2d, 2d), centred at (μ, 0), when k ≥ burn_in and (k − burn_in) is a
-    multiple of record_every. ‖θ_{k+1} − θ0‖² goes into delta_sum/delta_sq[b, k+1] while
-    k+1 < delta_sum.shape[1]; (θ_{k+1}, −buf_{k+1}) into traj[c, k+1] for c < traj.shape[0]
-    and k+1 < traj.shape[1].
+    and the upper triangle of mom2 (chains, 2d, 2d), centred at (μ, 0), when k ≥ burn_in
+    and (k − burn_in) is a multiple of record_every. ‖θ_{k+1} − θ0‖² goes into
+    delta_sum/delta_sq[b, k+1] while k+1 < delta_sum.shape[1]; (θ_{k+1}, −buf_{k+1}) into
+    traj[c, k+1] for c < traj.shape[0] and k+1 < traj.shape[1]. ``vec``, ``pair``,
+    ``sums``: zero containers from :func:`_templates`.
     """
-    d = theta.shape[1]
+    d = _size(vec)
+    m = 2 * d
     gaussian = x_data.shape[0] == 0
     n_delta, n_traj, n_traj_steps = delta_sum.shape[1], traj.shape[0], traj.shape[1]
-    th = np.empty(d)
-    bf = np.empty(d)
     xi = np.empty(d)
-    grad = np.empty(d)
-    z = np.empty(2 * d)
-    acc1 = np.empty(2 * d)
-    acc2 = np.empty((2 * d, 2 * d))
     idx = np.empty(batch_size, dtype=np.int64)
     inv_s = 1.0 / batch_size
     for c in range(bounds[b], bounds[b + 1]):
         s0, s1, s2, s3 = rng[c, 0], rng[c, 1], rng[c, 2], rng[c, 3]
         p = pos[c]
+        th = _fresh(vec, 3 * b)
+        bf = _fresh(vec, 3 * b + 1)
+        grad = _fresh(vec, 3 * b + 2)
+        z = _fresh(pair, b)
+        acc = _fresh(sums, b)
         for i in range(d):
-            th[i] = theta[c, i]
-            bf[i] = buf[c, i]
-        acc1[:] = 0.0
-        acc2[:] = 0.0
+            th = _set(th, i, theta[c, i])
+            bf = _set(bf, i, buf[c, i])
         for step in range(n_steps):
             k = k0 + step
+            grad = _zero(grad, vec)
             if gaussian:
                 for i in range(d):
                     xi[i], s0, s1, s2, s3 = _normal(s0, s1, s2, s3)
@@ -269,11 +357,9 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
                     noise = 0.0
                     for j in range(d):
                         noise += root[i, j] * xi[j]
-                    grad[i] = g + noise
+                    grad = _set(grad, i, g + noise)
             else:
                 s0, s1, s2, s3, p = _draw_batch(s0, s1, s2, s3, idx, perm[c], p, reshuffle)
-                for i in range(d):
-                    grad[i] = 0.0
                 for s in range(batch_size):
                     row = idx[s]
                     r = 0.0
@@ -281,12 +367,12 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
                         r += x_data[row, j] * th[j]
                     r -= y_data[row]
                     for i in range(d):
-                        grad[i] += x_data[row, i] * r
+                        grad = _set(grad, i, grad[i] + x_data[row, i] * r)
                 for i in range(d):
-                    grad[i] = grad[i] * inv_s + wd * th[i]
+                    grad = _set(grad, i, grad[i] * inv_s + wd * th[i])
             for i in range(d):
-                bf[i] = beta * bf[i] + grad[i]
-                th[i] = th[i] - lr * bf[i]
+                bf = _set(bf, i, beta * bf[i] + grad[i])
+                th = _set(th, i, th[i] - lr * bf[i])
             kk = k + 1
             if kk < n_delta:
                 dist = 0.0
@@ -300,16 +386,22 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
                     traj[c, kk, d + i] = -bf[i]
             if k >= burn_in and (k - burn_in) % record_every == 0:
                 for i in range(d):
-                    z[i] = th[i] - mu[i]
-                    z[d + i] = -bf[i]
-                for i in range(2 * d):
-                    acc1[i] += z[i]
-                    for j in range(i, 2 * d):
-                        acc2[i, j] += z[i] * z[j]
-        for i in range(2 * d):
-            mom1[c, i] += acc1[i]
-            for j in range(i, 2 * d):
-                mom2[c, i, j] += acc2[i, j]
+                    z = _set(z, i, th[i] - mu[i])
+                    z = _set(z, d + i, -bf[i])
+                for i in range(m):
+                    acc = _set(acc, i, acc[i] + z[i])
+                n = m
+                for i in range(m):
+                    zi = z[i]
+                    for j in range(i, m):
+                        acc = _set(acc, n + j, acc[n + j] + zi * z[j])
+                    n += m - i - 1
+        n = m
+        for i in range(m):
+            mom1[c, i] += acc[i]
+            for j in range(i, m):
+                mom2[c, i, j] += acc[n]
+                n += 1
         rng[c, 0], rng[c, 1], rng[c, 2], rng[c, 3] = s0, s1, s2, s3
         pos[c] = p
         for i in range(d):
@@ -320,23 +412,27 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
 @njit(cache=True, parallel=True)
 def _advance_parallel(bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
                       x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
-                      record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj):
+                      record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
+                      sums):
     """:func:`_advance_block` over all blocks, in parallel (one block per task)."""
     for b in prange(bounds.shape[0] - 1):
         _advance_block(b, bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
                        x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
-                       record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj)
+                       record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
+                       sums)
 
 
 @njit(cache=True)
 def _advance_serial(bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
                     x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
-                    record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj):
+                    record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
+                    sums):
     """:func:`_advance_block` over all blocks on the calling thread."""
     for b in range(bounds.shape[0] - 1):
         _advance_block(b, bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
                        x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
-                       record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj)
+                       record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
+                       sums)
 
 
 # ----------------------------------------------------------------- driver and result
@@ -505,6 +601,7 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
             pos = np.full(n, n_samples, dtype=np.int64)
             dsum = np.zeros((n_blocks, delta_steps + 1))
             dsq = np.zeros((n_blocks, delta_steps + 1))
+            templates = _templates(d, n_blocks)
             traj_chunk = trajectory[lo:min(hi, n_traj)]
             m1, m2 = mom1[lo:hi], mom2[lo:hi]
             for k0 in range(0, total, seg):
@@ -512,7 +609,7 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
                 kernel(bounds, theta, buf, rng, perm, pos, hyper.lr, hyper.momentum,
                        hyper.weight_decay, model.K, model.mu, root, x_data, y_data,
                        batch_size, reshuffle, k0, n_steps, burn_in, record_every, theta0,
-                       m1, m2, dsum, dsq, traj_chunk)
+                       m1, m2, dsum, dsq, traj_chunk, *templates)
                 if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(buf))):
                     raise SolverError(
                         f"Monte-Carlo SGD diverged by step {k0 + n_steps}: the second moments "
