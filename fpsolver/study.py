@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_replace
+from .sweep import AXES
 
 LEVEL_STYLE = {"continuous": ("C0", "-", "s"), "discrete": ("C1", "--", "^"),
                "exact": ("C2", ":", "D")}
@@ -52,8 +53,6 @@ def swept_axes(table):
     """Axes that take more than one value among the points, in sweep order."""
     if (table["axis"] != "grid").any():
         return list(dict.fromkeys(table["axis"]))
-    from .sweep import AXES
-
     return [a for a in AXES if a in table and table[a].nunique(dropna=True) > 1]
 
 
@@ -68,6 +67,7 @@ def _axis_series(table, axis, names):
 
 
 def has_monte_carlo(table):
+    """Whether the sweep ran Monte-Carlo SGD (its columns are present)."""
     return "buf2_mc" in table.columns
 
 
