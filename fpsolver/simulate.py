@@ -488,15 +488,23 @@ class SimulationResult:
         raise UserError(f"convention must be recorded or midpoint, got {convention!r}")
 
 
-def default_burn_in(model):
+def default_burn_in(model, theta0=None):
     """≈ 10 relaxation times of the covariance: ⌈5/rate⌉ steps, rate = −ln ρ(F).
 
     ρ(F) is the spectral radius of the discrete recursion (slowest mode), so the
     covariance deficit of a chain started at rest decays like ρ^{2k}: ≤ e⁻¹⁰ after burn-in.
+    A start θ₀ ≠ μ adds ln(1 + ‖θ₀ − μ‖²/s²)/(2·rate) steps (s² the smallest level-2
+    variance of θ), so that the squared mean offset has decayed to ≤ e⁻¹⁰s² as well.
     """
     f, _, _ = theory.discrete_matrices(model)
-    rho = np.max(np.abs(np.linalg.eigvals(f)))
-    return int(math.ceil(5.0 / -math.log(rho)))
+    rate = -math.log(np.max(np.abs(np.linalg.eigvals(f))))
+    steps = 5.0 / rate
+    if theta0 is not None:
+        offset = float(np.sum((np.asarray(theta0, dtype=float) - model.mu) ** 2))
+        p_theta = theory.discrete_stationary_cov(model)[:model.dim, :model.dim]
+        s2 = max(np.linalg.eigvalsh(p_theta).min(), 1e-12 * np.trace(p_theta), 1e-300)
+        steps += math.log1p(offset / s2) / (2 * rate)
+    return int(math.ceil(steps))
 
 
 def _noise_root(sigma, batch_size):
@@ -506,17 +514,19 @@ def _noise_root(sigma, batch_size):
 
 
 def _check_int(value, name, low):
-    if isinstance(value, bool) or int(value) != value or value < low:
+    ok = (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+          and math.isfinite(value) and int(value) == value and value >= low)
+    if not ok:
         raise UserError(f"simulate.{name} must be an integer >= {low}, got {value!r}")
     return int(value)
 
 
-def _check_args(model, chains, steps, burn_in, batches, theta0, record_every, delta_steps,
-                noise, trajectory):
+def _check_args(model, chains, steps, burn_in, seed, batches, theta0, record_every,
+                delta_steps, noise, trajectory):
     chains = _check_int(chains, "chains", 1)
     steps = _check_int(steps, "steps", 1)
     record_every = _check_int(record_every, "record_every", 1)
-    burn_in = default_burn_in(model) if burn_in is None else _check_int(burn_in, "burn_in", 0)
+    seed = _check_int(seed, "seed", 0)
     if batches not in BATCHES:
         raise UserError(f"simulate.batches must be one of {', '.join(BATCHES)}, got {batches!r}")
     if noise not in NOISE:
@@ -528,15 +538,21 @@ def _check_args(model, chains, steps, burn_in, batches, theta0, record_every, de
     if theta0 is None:
         theta0 = model.mu.copy()
     else:
-        theta0 = np.asarray(theta0, dtype=float)
-        if theta0.shape != (d,) or not np.all(np.isfinite(theta0)):
-            raise UserError(f"theta0 must be {d} finite numbers, got {theta0.tolist()!r}")
+        try:
+            theta0 = np.array(theta0, dtype=float)
+        except (TypeError, ValueError):
+            theta0 = None
+        if theta0 is None or theta0.shape != (d,) or not np.all(np.isfinite(theta0)):
+            raise UserError(f"theta0 must be {d} finite numbers")
+    burn_in = (default_burn_in(model, theta0) if burn_in is None
+               else _check_int(burn_in, "burn_in", 0))
     total = burn_in + steps
     delta_steps = min(total, 10_000) if delta_steps is None else _check_int(delta_steps, "delta_steps", 0)
     n_traj, traj_steps = trajectory
     n_traj = min(_check_int(n_traj, "trajectory chains", 0), chains)
     traj_steps = min(_check_int(traj_steps, "trajectory steps", 0), total)
-    return chains, steps, burn_in, record_every, theta0, use_data, delta_steps, (n_traj, traj_steps)
+    return (chains, steps, burn_in, seed, record_every, theta0, use_data, delta_steps,
+            (n_traj, traj_steps))
 
 
 def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", theta0=None,
@@ -547,16 +563,17 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
     ``model``: :class:`~fpsolver.sgd.PhaseSpaceModel`. Linear-regression models use real
     mini-batches (``batches`` "iid" or "reshuffle") unless ``noise="gaussian"``, which uses
     the quadratic K(θ−μ) with N(0, Σ/S) noise (Σ = ``model.noise_cov``), as for every
-    model without data. ``burn_in`` None: :func:`default_burn_in`. ``theta0`` (d,): start
+    model without data. ``burn_in`` None: :func:`default_burn_in` (for ``theta0``); ``seed``
+    an integer ≥ 0. ``theta0`` (d,): start
     (default μ), buffer 0. Pairs are recorded every ``record_every`` updates after burn-in.
     ``delta_steps``: Δ(k) for k ≤ this (default min(total, 10000)). ``trajectory``:
     (chains, steps) kept for plots. ``parallel`` None: threads when chains·steps ≥
     PARALLEL_MIN_CHAIN_STEPS. Returns a :class:`SimulationResult`; raises
     :class:`~fpsolver.errors.SolverError` if the chains diverge.
     """
-    chains, steps, burn_in, record_every, theta0, use_data, delta_steps, traj = _check_args(
-        model, chains, steps, burn_in, batches, theta0, record_every, delta_steps, noise,
-        trajectory)
+    chains, steps, burn_in, seed, record_every, theta0, use_data, delta_steps, traj = \
+        _check_args(model, chains, steps, burn_in, seed, batches, theta0, record_every,
+                    delta_steps, noise, trajectory)
     start = time.perf_counter()
     hyper, d = model.hyper, model.dim
     total = burn_in + steps

@@ -311,9 +311,14 @@ def test_reshuffled_epochs_fall_below_iid_theory():
 
 
 def test_default_burn_in_plain_sgd():
-    """Plain SGD on one mode: ρ(F) = |1 − η(h+λ)| (the momentum root is 0), burn-in ⌈5/−ln ρ⌉."""
+    """Plain SGD on one mode: ρ(F) = |1 − ηh| (the momentum root is 0), burn-in ⌈5/−ln ρ⌉;
+    a start θ₀ ≠ μ adds ln(1 + a²/s²)/(2·rate) with s² = η²σ²/(1 − ρ²) (level 2)."""
     model = PhaseSpaceModel.from_arrays([[0.5]], [[1.0]], 0.1, 0.0, 0.0, 1)
-    assert sim.default_burn_in(model) == math.ceil(5 / -math.log(0.95))
+    rate = -math.log(0.95)
+    assert sim.default_burn_in(model) == math.ceil(5 / rate)
+    s2 = 0.1 ** 2 / (1 - 0.95 ** 2)
+    expected = 5 / rate + math.log1p(3.0 ** 2 / s2) / (2 * rate)
+    assert sim.default_burn_in(model, [3.0]) == math.ceil(expected)
 
 
 def test_divergence_raises():
@@ -330,7 +335,9 @@ def test_divergence_raises():
     ({"chains": 0}, "simulate.chains"), ({"steps": 2.5}, "simulate.steps"),
     ({"burn_in": -1}, "simulate.burn_in"), ({"record_every": 0}, "simulate.record_every"),
     ({"batches": "epoch"}, "simulate.batches"), ({"theta0": [1.0]}, "theta0"),
-    ({"theta0": [np.nan, 0.0]}, "theta0"), ({"noise": "laplace"}, "noise"),
+    ({"theta0": [np.nan, 0.0]}, "theta0"), ({"theta0": ["a", "b"]}, "theta0"),
+    ({"noise": "laplace"}, "noise"), ({"seed": -1}, "simulate.seed"),
+    ({"chains": "many"}, "simulate.chains"), ({"delta_steps": -2}, "simulate.delta_steps"),
 ])
 def test_bad_arguments(kwargs, match):
     args = {"chains": 4, "steps": 10, **kwargs}
