@@ -113,6 +113,17 @@ def test_axis_ranges_and_point_expansion():
     assert len({p.seed for p in one}) == 5
 
 
+def test_example_sweeps_are_valid():
+    examples = Path(__file__).parents[1] / "examples"
+    big = load_sweep(examples / "sweep_lr_batch_momentum.toml")
+    points = expand_points(big)
+    assert len(points) == 60 and [p.axis for p in points[::20]] == ["lr", "batch_size", "momentum"]
+    assert points[0].params == {"lr": 0.003} and points[59].params["momentum"] == pytest.approx(0.99)
+    assert big.levels == (1, 2, 3) and big.simulate.chains == 512
+    small = load_sweep(examples / "sweep_small.toml")
+    assert len(expand_points(small)) == 12 and small.fokker_planck.cells == 64
+
+
 def test_spectrum_sets_the_hessian_exactly():
     sweep = make_sweep(axes={"dim": [3, 5], "alpha": [2.0]})
     case = point_case(sweep, expand_points(sweep)[1])
