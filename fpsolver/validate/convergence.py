@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 
-from .. import plots
+from .. import analysis, plots
 from . import cases
 from ._solve import solve
 from .common import Section, fmt, md_table, save_figure
@@ -17,17 +17,10 @@ from .common import Section, fmt, md_table, save_figure
 METRICS = {"l1": "l1", "linf": "linf", "current": "current_error"}  # key -> Outcome field
 
 
-def _orders(errors, cells):
-    """Observed orders between successive grids (NaN where an error is not positive)."""
-    e, n = np.asarray(errors, float), np.asarray(cells, float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.log(e[:-1] / e[1:]) / np.log(n[1:] / n[:-1])
-    return [float(x) if np.isfinite(x) else float("nan") for x in out]
-
-
-def study(name, kind, ladder):
+def study(name, kind, ladder, periods=1):
     """One case and kind ("stationary" | "transient") on every grid of ``ladder``."""
-    case = cases.stationary_case(name) if kind == "stationary" else cases.transient_case(name)
+    case = (cases.stationary_case(name) if kind == "stationary"
+            else cases.transient_case(name, periods))
     runs = [solve(case, n) for n in ladder]
     out = {"case": name, "kind": kind, "cells": list(ladder),
            "t_final": case.run.t_final,
@@ -36,26 +29,30 @@ def study(name, kind, ladder):
            "dim": len(runs[0].grid.edges) // 2}
     for m, field in METRICS.items():
         out[m] = [getattr(r, field) for r in runs]
-        out[f"order_{m}"] = _orders(out[m], ladder)
+        out[f"order_{m}"] = [float(x) for x in analysis.observed_orders(ladder, out[m])]
     return out
 
 
 def section(plan, figdir):
     start = time.perf_counter()
-    studies = [study(name, kind, plan.cells_2d) for name in cases.CASES_2D
+    studies = [study(name, kind, plan.cells_2d, plan.periods) for name in cases.CASES_2D
                for kind in ("stationary", "transient")]
-    studies.append(study(cases.CASE_4D, "stationary", plan.cells_4d))
-    two_d = [s for s in studies if s["dim"] == 1]
+    if plan.cells_4d:
+        studies.append(study(cases.CASE_4D, "stationary", plan.cells_4d))
+    two_d = [s for s in studies if s["dim"] == 1 and s["case"] not in cases.PRE_ASYMPTOTIC]
+    hard = [s for s in studies if s["case"] in cases.PRE_ASYMPTOTIC]
     default = next(s for s in two_d if s["case"] == "default" and s["kind"] == "stationary")
     at128 = default["cells"].index(128)
     headline = {
         "stationary_order_min": min(s["order_l1"][-1] for s in two_d if s["kind"] == "stationary"),
         "transient_order_min": min(s["order_l1"][-1] for s in two_d if s["kind"] == "transient"),
-        "order_4d": studies[-1]["order_l1"][-1],
+        "pre_asymptotic_order_min": min(s["order_l1"][-1] for s in hard),
         "l1_default_128": default["l1"][at128],
         "current_error_default_128": default["current"][at128],
         "mass_error_max": max(max(s["mass_error"]) for s in studies),
     }
+    if plan.cells_4d:
+        headline["order_4d"] = studies[-1]["order_l1"][-1]
     rows = []
     for s in studies:
         for i, n in enumerate(s["cells"]):
@@ -67,17 +64,28 @@ def section(plan, figdir):
                          fmt(s["mass_error"][i], 2)])
     table = md_table(["case", "kind", "grid", "t", "L1", "order", "L∞ (rel.)", "order",
                       "current (rel. L1)", "order", "time [s]", "mass error"], rows)
+    four_d = (f"grids {', '.join(f'{n}⁴' for n in plan.cells_4d)}" if plan.cells_4d
+              else "full run only: its direct 4-D solves take minutes")
     text = f"""Errors against the exact solution on each grid (cell averages of the exact
 Gaussian: N(z_μ, P) stationary, N(e^(−At)z₀, P(t)) transient): L1 = ∫|p − p_exact|,
 L∞ = max|p − p_exact| / max p_exact, current = ∫|J − J_exact| / ∫|J_exact| with J the
 solver's cell-centred current. Orders are log(e_n/e_2n)/log 2 between successive grids.
 Cases: the default; strong weight decay (λ = h = 0.1); high momentum (β = 0.99);
 overdamped plain SGD (β = 0, η = 0.02); non-commuting noise (d = 2, 4-D phase space,
-stationary only, grid width 5.5 sd). Transients start from a Gaussian displaced by
-{cases.DISPLACEMENT_SD:g} stationary sd in θ with {cases.INITIAL_COV_SCALE:g} × the stationary
-covariance and run for two rotation periods (two relaxation times when overdamped).
+stationary only, grid width 5.5 sd; {four_d}). Transients start from a Gaussian displaced
+by {cases.DISPLACEMENT_SD:g} stationary sd in θ with {cases.INITIAL_COV_SCALE:g} × the
+stationary covariance and run for {plan.periods} rotation period(s) (overdamped:
+{cases.OVERDAMPED_RELAXATIONS} velocity relaxation times 1/(2γ), as explicit steps are
+limited by the stiff velocity diffusion there).
 
 {table}
+
+**High momentum is pre-asymptotic on these grids.** With β = 0.99 the density turns
+ω/γ ≈ 44 times per e-folding time; its stationary state is set by a weak friction-diffusion
+balance that the scheme's numerical diffusion perturbs about ω/γ times more strongly than
+in the default case (ω/γ ≈ 4.3), so its errors are large at 128² and its observed orders
+are still climbing towards 2. It is checked separately (order ≥ 1 on the finest pair);
+the order checks (≥ 1.8) cover the other 2-D cases.
 
 {_figure(studies, figdir)}
 """

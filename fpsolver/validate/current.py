@@ -14,7 +14,7 @@ from scipy.optimize import curve_fit
 from .. import plots, theory
 from ..sgd import build_model
 from . import cases
-from ._solve import solve, transient_means
+from ._solve import solve, transient_history
 from .common import Section, fmt, md_table, save_figure
 
 N_TIMES = 60
@@ -48,9 +48,8 @@ def section(plan, figdir):
     sense_num = circulation(model, mesh, res.current, 1.0)
     sense_exact = circulation(model, mesh, exact, 1.0)
 
-    tcase = cases.transient_case("default")
-    times = np.linspace(0, tcase.run.t_final, N_TIMES + 1)[1:]
-    means = transient_means(tcase, plan.landscape_cells // 2, times)
+    tcase = cases.transient_case("default", max(plan.periods, 2))
+    times, means = transient_history(tcase, plan.landscape_cells // 2, N_TIMES)
     gamma, f, omega_fit = fit_rotation(times, means[:, 0] - model.mu[0], model)
     omega = float(model.omega[0])
     f_exact = float(theory.rotation_frequencies(model)[1][0])
