@@ -31,6 +31,23 @@ A sweep file (TOML) names a base case and the axes to vary::
     [fokker_planck]             # optional, d = 1 only: stationary 2-D Fokker-Planck solve
     cells = 64
 
+Columns of the results (one row per point; lists only in the Parquet file):
+
+* inputs: ``index``, ``axis`` (the varied axis, or "grid"), ``seed`` (Monte-Carlo), ``lr``,
+  ``momentum``, ``weight_decay``, ``batch_size``, ``sigma2``, ``label_noise``, ``dim``,
+  ``alpha``, ``h_max``; model: ``sigma2_model`` (fitted σ²), ``tr_hessian``, ``h_top``,
+  ``h_bottom``, ``temperature``, ``hessian_eigenvalues``, ``buf2_scale`` = η²σ² tr H/(S(1−β²)),
+  ``eps_discrete`` = η(h_max+λ)/(2(1+β)), ``eps_state`` = η(tr H+h_max)/(2S(1−β));
+* stationary moments per source L ∈ {continuous, discrete, exact, mc} (recorded pair
+  (θ_{k+1}, v_k); Hessian modes in ascending h): ``var_theta_L``, ``var_v_L`` (lists),
+  ``tr_var_theta_L``, ``ev2_L`` = E‖v‖², ``buf2_L`` = η²E‖buf‖²; Monte-Carlo adds ``*_se``,
+  ``tr_var_theta_mc_midpoint``, ``mc_chains``, ``mc_burn_in``; ``ratio_L_tr_var_theta`` and
+  ``ratio_L_ev2`` = prediction / Monte-Carlo;
+* diffusion: ``delta_k``, ``delta_L`` (lists), ``delta_mc_se``, exponents ``c_L_K1_K2`` per
+  window [K1, K2] and ``c_mc_se_K1_K2``;
+* Fokker-Planck (d = 1): ``var_theta_fp``, ``var_v_fp``, ``fp_*`` errors, status and time;
+* run: ``status`` (ok | failed | error), ``error`` (one line), ``wall_time_s``, ``worker``.
+
 Points are evaluated by :func:`evaluate_point` (pure: same point, same row, on any worker);
 :func:`run_sweep` farms them out on a ``dask.distributed`` cluster, writes one JSON file per
 finished point (atomically) into ``OUT/points/`` and consolidates them into
