@@ -126,3 +126,51 @@ def test_linear_regression_has_exact_level():
     discrete = np.array(out["stationary_cov_discrete"])
     # level 3 > level 2 on the θ variances: the state-dependent noise only adds (r_s > 1)
     assert np.all(np.diag(exact)[:2] > np.diag(discrete)[:2])
+
+
+# ------------------------------------------------------------------ fpsolver run, coarse
+
+
+def _run(tmp_path, name, cells, extra=""):
+    """``fpsolver run`` on a copy of examples/NAME.toml (+ ``extra`` TOML); summary.json."""
+    case = tmp_path / f"{name}_{cells}.toml"
+    case.write_text((EXAMPLES / f"{name}.toml").read_text() + extra)
+    out = tmp_path / f"out_{name}_{cells}"
+    _cli("run", str(case), "--out", str(out), "--cells", str(cells), "--no-progress",
+         "--no-figure")
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("name, min_ratio", [
+    ("default", 3.0),        # measured 3.74 (L1 0.0110 → 0.0029)
+    ("overdamped", 3.0),     # measured 3.68 (0.0105 → 0.0029)
+    ("high_momentum", 2.5),  # measured 3.13 (0.75 → 0.24): γ = 0.1, still pre-asymptotic
+])
+def test_2d_examples_run_stationary_second_order(tmp_path, name, min_ratio):
+    """Stationary solves at 48² and 96²: mass conserved to rounding, and the L1 error
+    against the exact Gaussian falls by ≥ min_ratio (4 for a second-order scheme)."""
+    coarse, fine = (_run(tmp_path, name, n) for n in (48, 96))
+    for summary in (coarse, fine):
+        assert summary["t_final"] is None and summary["mass_error"] < 1e-12
+    assert coarse["l1_error"] / fine["l1_error"] > min_ratio
+
+
+@pytest.mark.parametrize("name, bound", [
+    ("noncommuting", 0.2),       # measured 0.146
+    ("weight_decay", 0.2),       # measured 0.114
+    ("linear_regression", 0.3),  # measured 0.222
+])
+def test_4d_examples_run_transient_on_coarse_grid(tmp_path, name, bound):
+    """A short transient (t = 0.2) started from the stationary Gaussian N(z_μ, P_ss), so
+    the exact answer stays N(z_μ, P_ss), on 12⁴ cells (h ≈ 1 sd): mass conserved to
+    rounding, L1 error below a measured bound."""
+    from fpsolver.case import load_case
+    from fpsolver.sgd import build_model
+
+    zmu = build_model(load_case(EXAMPLES / f"{name}.toml")).stationary_mean
+    extra = (f"\n[run]\nt_final = 0.2\ninitial_cov_scale = 1.0\n"
+             f"initial_mean = [{', '.join(repr(float(v)) for v in zmu)}]\n")
+    summary = _run(tmp_path, name, 12, extra)
+    assert summary["t_final"] == pytest.approx(0.2)
+    assert summary["mass_error"] < 1e-12
+    assert summary["l1_error"] < bound
