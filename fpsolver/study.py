@@ -178,8 +178,8 @@ def continuous_ratio_figure(table):
 
     Plotted against ε = η(h_max+λ)/(2(1+β)) + η(tr H+h_max)/(2S(1−β)) (THEORY.md §8): the
     continuous formula holds only where ε ≪ 1. With a Fokker-Planck solve per point (d = 1)
-    its variances are shown too (they approximate the continuous level). Without Monte-Carlo the reference is level 3
-    (or level 2 when there is no level 3).
+    its variances are shown too (they approximate the continuous level). Without
+    Monte-Carlo the reference is level 3 (or level 2 when there is no level 3).
     """
     plt = _pyplot()
     rows = _ok(table)

@@ -6,23 +6,23 @@ A sweep file (TOML) names a base case and the axes to vary::
     base = "case.toml"          # a case file relative to the sweep file, or an inline [base] table
     mode = "one-at-a-time"      # or "grid" (Cartesian product)
     seed = 0                    # sweep seed; point i simulates with seed_of(seed, i)
-    levels = [1, 2, 3]          # theory levels: continuous, discrete, exact (default: all that apply)
+    levels = [1, 2, 3]          # continuous, discrete, exact (default: all that apply)
 
     [spectrum]                  # optional power-law Hessian h_i = h_max·i^(−alpha), i = 1..dim
     dim = 30                    # (feature eigenvalues of a linear-regression base case)
     alpha = 1.0
     h_max = 1.0
 
-    [axes]                      # a list, or {log = [lo, hi], num = n}, or {linear = [lo, hi], num = n}
+    [axes]                      # lists, {log = [lo, hi], num = n} or {linear = [lo, hi], num = n}
     lr = {log = [0.003, 0.3], num = 20}
-    batch_size = [2, 4, 8, 16]  # also: momentum, weight_decay, sigma2, label_noise, dim, alpha, h_max
+    batch_size = [2, 4, 8, 16]  # + momentum, weight_decay, sigma2, label_noise, dim, alpha, h_max
 
     [simulate]                  # optional: Monte-Carlo SGD per point (i.i.d. batches by default)
     chains = 256
     steps = 2000
     burn_in = 1000
 
-    [diffusion]                 # optional: Δ(k) = ‖θ_k − θ₀‖² from θ₀ = μ + offset·(1,…,1)/√d, v₀ = 0
+    [diffusion]                 # optional: Δ(k) = ‖θ_k − θ₀‖², θ₀ = μ + offset·(1,…,1)/√d, v₀ = 0
     k_max = 1000
     num_k = 30
     windows = [[10, 100], [100, 1000]]
@@ -165,7 +165,8 @@ def _axis_values(value, key):
     kind = int if key.split(".")[-1] in INT_AXES else float
     if isinstance(value, list):
         if not value:
-            raise CaseError(f"{key} must be a non-empty list or a {{log|linear = [lo, hi], num = n}} table")
+            raise CaseError(f"{key} must be a non-empty list or a "
+                            "{log|linear = [lo, hi], num = n} table")
         return tuple(_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
     table = _table(value, key)
     spacing = [s for s in ("log", "linear") if s in table]
@@ -240,7 +241,8 @@ def _parse_diffusion(data):
         raise CaseError(f"diffusion.num_k must be >= 4, got {diff.num_k}")
     for k1, k2 in diff.windows:
         if k2 > diff.k_max:
-            raise CaseError(f"diffusion.windows [{k1}, {k2}] exceeds diffusion.k_max = {diff.k_max}")
+            raise CaseError(f"diffusion.windows [{k1}, {k2}] exceeds diffusion.k_max = "
+                            f"{diff.k_max}")
         if np.count_nonzero((diff.k >= k1) & (diff.k <= k2)) < 3:
             raise CaseError(f"diffusion.windows [{k1}, {k2}] holds fewer than 3 of the num_k = "
                             f"{diff.num_k} log-spaced steps; raise diffusion.num_k")
@@ -285,7 +287,8 @@ def sweep_from_dict(data, base_dir=Path(".")):
     spec = {"name": lambda v, k: _scalar(v, str, k), "base": lambda v, k: _parse_base(v, base_dir),
             "mode": _choice(MODES), "seed": _positive(int, allow_zero=True),
             "levels": _parse_levels, "axes": lambda v, k: _parse_axes(v),
-            "spectrum": lambda v, k: _parse_spectrum(v), "simulate": lambda v, k: _parse_simulate(v),
+            "spectrum": lambda v, k: _parse_spectrum(v),
+            "simulate": lambda v, k: _parse_simulate(v),
             "diffusion": lambda v, k: _parse_diffusion(v),
             "fokker_planck": lambda v, k: _parse_fokker_planck(v)}
     values = _take(dict(data), "", spec)
@@ -358,7 +361,8 @@ def expand_points(sweep):
                   for values in itertools.product(*(v for _, v in sweep.axes))]
     else:
         combos = [(name, {name: value}) for name, values in sweep.axes for value in values]
-    return [Point(i, axis, params, seed_of(sweep.seed, i)) for i, (axis, params) in enumerate(combos)]
+    return [Point(i, axis, params, seed_of(sweep.seed, i))
+            for i, (axis, params) in enumerate(combos)]
 
 
 def base_values(sweep):

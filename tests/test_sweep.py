@@ -118,7 +118,8 @@ def test_example_sweeps_are_valid():
     big = load_sweep(examples / "sweep_lr_batch_momentum.toml")
     points = expand_points(big)
     assert len(points) == 60 and [p.axis for p in points[::20]] == ["lr", "batch_size", "momentum"]
-    assert points[0].params == {"lr": 0.003} and points[59].params["momentum"] == pytest.approx(0.99)
+    assert points[0].params == {"lr": 0.003}
+    assert points[59].params["momentum"] == pytest.approx(0.99)
     assert big.levels == (1, 2, 3) and big.simulate.chains == 512
     small = load_sweep(examples / "sweep_small.toml")
     assert len(expand_points(small)) == 12 and small.fokker_planck.cells == 64
@@ -350,7 +351,8 @@ def test_crashing_point_is_retried_then_recorded_and_rerun_on_resume(cluster, tm
     monkeypatch.setattr(sweep_module, "evaluate_point", original)
     table = run_sweep(sweep, tmp_path / "out", **kwargs)
     assert list(table["status"]) == ["ok", "ok", "ok"] and attempts.read_text() == "xxx"
-    assert table["ev2_discrete"][1] == evaluate_point(sweep, expand_points(sweep)[1])["ev2_discrete"]
+    direct = evaluate_point(sweep, expand_points(sweep)[1])
+    assert table["ev2_discrete"][1] == direct["ev2_discrete"]
 
 
 def test_resume_refuses_a_different_sweep(reference, sweep_file, tmp_path):
