@@ -113,6 +113,23 @@ def test_axis_ranges_and_point_expansion():
     assert len({p.seed for p in one}) == 5
 
 
+def test_base_case_file_is_relative_to_the_sweep_file(tmp_path):
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "quad.toml").write_text(
+        "[sgd]\nlr = 0.05\nmomentum = 0.9\nbatch_size = 4\n[loss]\nhessian = [[2.0]]\n"
+        "[noise]\nsigma2 = 0.5\n")
+    sweep_path = tmp_path / "s.toml"
+    sweep_path.write_text('base = "cases/quad.toml"\n[axes]\nlr = [0.01, 0.02]\n')
+    sweep = load_sweep(sweep_path)
+    assert sweep.name == "s" and sweep.base["loss"]["hessian"] == [[2.0]]
+    row = evaluate_point(sweep, expand_points(sweep)[1])
+    # Σ = σ²H, d = 1: E‖v‖² = σ²h/(S(1−β²)) (THEORY.md §6)
+    assert row["ev2_continuous"] == pytest.approx(0.5 * 2.0 / (4 * (1 - 0.81)), rel=1e-12)
+    sweep_path.write_text('base = "cases/missing.toml"\n[axes]\nlr = [0.01]\n')
+    with pytest.raises(CaseError, match="cannot read case file"):
+        load_sweep(sweep_path)
+
+
 def test_example_sweeps_are_valid():
     examples = Path(__file__).parents[1] / "examples"
     big = load_sweep(examples / "sweep_lr_batch_momentum.toml")
