@@ -126,7 +126,7 @@ def _below(s0, s1, s2, s3, n):
     return min(int(u * n), n - 1), s0, s1, s2, s3
 
 
-@njit
+@njit(inline="always")
 def _normal(s0, s1, s2, s3):
     """One N(0, 1) draw (ziggurat) and the new state."""
     while True:
@@ -344,6 +344,8 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
         for i in range(d):
             th = _set(th, i, theta[c, i])
             bf = _set(bf, i, buf[c, i])
+        # first recorded update at or after k0 (no integer division in the step loop)
+        next_rec = burn_in + max(0, -((burn_in - k0) // record_every)) * record_every
         for step in range(n_steps):
             k = k0 + step
             grad = _zero(grad, vec)
@@ -384,7 +386,8 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
                 for i in range(d):
                     traj[c, kk, i] = th[i]
                     traj[c, kk, d + i] = -bf[i]
-            if k >= burn_in and (k - burn_in) % record_every == 0:
+            if k == next_rec:
+                next_rec += record_every
                 for i in range(d):
                     z = _set(z, i, th[i] - mu[i])
                     z = _set(z, d + i, -bf[i])
