@@ -39,15 +39,23 @@ _FIELDS = {
     "eigen_tol": (float, "stop when every residual ‖Hu − hu‖/|h| is below this"),
     "hessian_subset": (int, "examples in the fixed Hessian subset"),
     "hessian_batch": (int, "batch size of Hessian-vector products"),
-    "bn_mode": (str, "eval (running statistics) | train (batch statistics, as the paper)"),
+    "bn_mode": (str, "BatchNorm in Hessian, noise and recording: eval (frozen running "
+                     "statistics) | train (batch statistics, as the paper)"),
     "hessian_dtype": (str, "float32 | float64"),
-    "noise_subset": (int, "examples for per-example gradient noise"),
+    "noise_subset": (int, "examples for the gradient-noise estimate"),
     "trace_probes": (int, "Hutchinson probes for tr H (0: skip)"),
     "device": (str, "auto | cpu | cuda"),
 }
 
 
+def _add_threads(p):
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch (default 1: more threads were slower on a "
+                        "loaded 2-core machine)")
+
+
 def _add_config(p):
+    _add_threads(p)
     g = p.add_argument_group("run configuration (defaults: --preset, or the stored config.json)")
     g.add_argument("--preset", choices=("paper", "demo"), default="paper",
                    help="paper: η=1e-4, λ=1e-4, S=256, β=0.9, top-30 (GPU); demo: small CPU run")
@@ -73,7 +81,8 @@ def add_parser(subparsers):
     _add_compare(cmp_)
     demo = sub.add_parser("demo", help="record, eigen and compare on the small CPU configuration")
     demo.add_argument("--data", default=None, help="auto (default) | fashion-mnist | digits | DIR")
-    demo.add_argument("--steps", type=int, default=None, help="recorded updates (default 1500)")
+    demo.add_argument("--steps", type=int, default=None, help="recorded updates (default 1000)")
+    _add_threads(demo)
     demo.add_argument("--out", required=True, metavar="DIR",
                       help="writes DIR/run (the run) and DIR/report (the comparison)")
     return p
@@ -147,7 +156,10 @@ def run(args):
     if action == "compare":
         _compare(args.run_dir, args.out, args.burn_in, args.window)
         return 0
-    require_torch()
+    torch = require_torch()
+    if args.threads < 1:
+        raise UserError(f"threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     from ..net import pipeline
 
     if action == "record":

@@ -127,32 +127,42 @@ class HessianOperator:
         return total, acc
 
 
-def sample_gradient_stats(op, batches, vectors):
-    """Per-example gradients of ``op``'s model on ``batches``, projected on ``vectors`` (k, n).
+def gradient_noise(op, batches, vectors, group=1, seed=0):
+    """Gradient-noise samples of ``op``'s model projected on ``vectors`` (k, n).
 
-    Returns G (N, k) with G_ni = u_iᵀ∇ℓ_n and tr Σ = mean‖∇ℓ_n‖² − ‖mean ∇ℓ_n‖², Σ the
-    per-example gradient covariance (THEORY.md §1). BatchNorm is in eval mode here (one
-    example per pass).
+    ``group = 1``: one row per example, G_ni = u_iᵀ∇ℓ_n, BatchNorm in eval mode (one example
+    per pass). ``group = S > 1``: rows √S·u_iᵀĝ_B for max(8, ⌈N/S⌉) batches of S examples
+    drawn with replacement from ``batches``, in the operator's BatchNorm mode (``train``
+    uses batch statistics, as SGD does; running statistics are restored), since
+    Cov ĝ_B = Σ/S. Either way the rows' covariance estimates Σ projected (Σ the per-example
+    gradient covariance, THEORY.md §1). Returns (rows (M, k), tr Σ estimate).
     """
     vectors = vectors.to(device=op.device, dtype=op.dtype)
+    xs, ys = zip(*[op.cast(x, y) for x, y in batches])
+    x_all, y_all = torch.cat(xs), torch.cat(ys)
+    n = len(y_all)
+    if group == 1:
+        chunks = [[i] for i in range(n)]
+    else:
+        rng = np.random.default_rng([seed, 2])
+        chunks = [rng.integers(0, n, group) for _ in range(max(8, -(-n // group)))]
     rows, sq = [], 0.0
     total = torch.zeros(op.n, device=op.device, dtype=torch.float64)
-    set_bn_mode(op.model, "eval")
+    set_bn_mode(op.model, "eval" if group == 1 else op.bn_mode)
     try:
-        for x, y in batches:
-            x, y = op.cast(x, y)
-            for i in range(len(y)):
-                loss = op.loss_fn(op.model(x[i:i + 1]), y[i:i + 1])
-                g = flat(torch.autograd.grad(loss, op.params))
+        with _preserved_buffers(op.model):
+            for idx in chunks:
+                idx = torch.as_tensor(idx, device=op.device)
+                loss = op.loss_fn(op.model(x_all[idx]), y_all[idx])
+                g = flat(torch.autograd.grad(loss, op.params)) * np.sqrt(group)
                 rows.append((vectors @ g).double().cpu().numpy())
                 g = g.double()
                 total += g
                 sq += float(g @ g)
     finally:
         set_bn_mode(op.model, op.bn_mode)
-    n = len(rows)
-    mean = total / n
-    return np.array(rows), sq / n - float(mean @ mean)
+    mean = total / len(chunks)
+    return np.array(rows), sq / len(chunks) - float(mean @ mean)
 
 
 def trace_estimate(op, probes, seed=0):

@@ -36,7 +36,11 @@ class NetConfig:
     """Everything that defines a network run (defaults: the paper's protocol, THEORY.md §10).
 
     Units: steps, examples, pixels. ``init``: a state-dict file of an already trained model
-    (else the network is trained from scratch for ``pretrain_steps`` first).
+    (else the network is trained from scratch for ``pretrain_steps`` first). ``bn_mode``
+    applies to the Hessian, the noise estimate and the recorded SGD alike: ``eval`` freezes
+    BatchNorm at its running statistics (the loss is then one fixed function of θ, as the
+    theory assumes); ``train`` uses batch statistics as the paper did (noise then comes from
+    mini-batch gradients of size ``batch_size``).
     """
 
     model: str = "resnet18"
@@ -92,7 +96,7 @@ class NetConfig:
         """The :class:`RecordSettings` of the recording."""
         return RecordSettings(self.lr, self.momentum, self.weight_decay, self.batch_size,
                               self.steps, self.record_every, self.checkpoint_every, self.batches,
-                              self.seed)
+                              self.seed, train_mode=self.bn_mode == "train")
 
     @classmethod
     def from_dict(cls, values):
@@ -106,7 +110,7 @@ class NetConfig:
 def demo_config(**overrides):
     """The built-in small CPU configuration (a few minutes on 2 cores)."""
     base = NetConfig(image_size=16, pretrain_steps=300, pretrain_lr=0.05, pretrain_batch_size=32,
-                     lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=16, steps=1500,
+                     lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=16, steps=1000,
                      record_every=1, checkpoint_every=250, k=5, eigen_budget=30, eigen_tol=1e-3,
                      hessian_subset=256, hessian_batch=64, noise_subset=128, trace_probes=4,
                      device="cpu")
@@ -197,6 +201,9 @@ def compute_eigen(run_dir, config, at="reference", log=print):
     run_dir = Path(run_dir)
     if at not in ("reference", "final"):
         raise UserError(f"at must be reference or final, got {at!r}")
+    if at == "reference" and (run_dir / "record.h5").exists():
+        raise UserError(f"{run_dir}/record.h5 holds projections on the current eigen.h5; "
+                        "use --at final, or a new run directory")
     data, model, device = prepare_reference(run_dir, config, log)
     k = config.k
     if at == "final":
@@ -213,6 +220,7 @@ def compute_eigen(run_dir, config, at="reference", log=print):
         f"mode, {config.hessian_dtype}, {device}); {config.eigen_method}, budget "
         f"{config.eigen_budget} products")
     out = eigen_analysis(model, cross_entropy, batches, noise, k, method=config.eigen_method,
+                         noise_group=1 if config.bn_mode == "eval" else config.batch_size,
                          budget=config.eigen_budget, tol=config.eigen_tol, seed=config.seed,
                          bn_mode=config.bn_mode, dtype=DTYPES[config.hessian_dtype],
                          device=device, trace_probes=config.trace_probes)
@@ -224,10 +232,12 @@ def compute_eigen(run_dir, config, at="reference", log=print):
 
 
 def eigen_analysis(model, loss_fn, batches, noise_batches, k, *, method="lanczos", budget=60,
-                   tol=1e-3, seed=0, bn_mode="eval", dtype=None, device=None, trace_probes=0):
+                   tol=1e-3, seed=0, bn_mode="eval", dtype=None, device=None, trace_probes=0,
+                   noise_group=1):
     """Top-k eigenpairs of the Hessian of the mean loss on ``batches`` at the model's weights,
     with the gradient projections the comparison needs. Returns a dict of arrays (k,) and
-    (N, k) (``sample_grad_proj``), ``vectors`` (k, n) and scalars (see :func:`save_eigen`)."""
+    (M, k) (``noise_samples``, from :func:`~fpsolver.net.hessian.gradient_noise` with
+    ``noise_group``), ``vectors`` (k, n) and scalars (see :func:`save_eigen`)."""
     if method not in METHODS:
         raise UserError(f"eigen_method must be one of {', '.join(METHODS)}, got {method!r}")
     op = hs.HessianOperator(model, loss_fn, batches, bn_mode=bn_mode, dtype=dtype, device=device)
@@ -236,7 +246,7 @@ def eigen_analysis(model, loss_fn, batches, noise_batches, k, *, method="lanczos
                     device=op.device)
     n_eigen = op.n_products
     loss, grad = op.gradient()
-    g_proj, trace_sigma = hs.sample_gradient_stats(op, noise_batches, result.vectors)
+    g_proj, trace_sigma = hs.gradient_noise(op, noise_batches, result.vectors, noise_group, seed)
     trace_h = hs.trace_estimate(op, trace_probes, seed) if trace_probes else (np.nan, np.nan)
     theta = hs.flat(hs.trainable(op.model)).detach()
     vec = result.vectors
@@ -250,17 +260,18 @@ def eigen_analysis(model, loss_fn, batches, noise_batches, k, *, method="lanczos
             "residuals": result.residuals, "history": np.asarray(result.history, float),
             "vectors": vec.cpu().numpy(), "grad_proj": (vec @ grad).double().cpu().numpy(),
             "theta_proj": (vec @ theta.to(vec)).double().cpu().numpy(),
-            "sample_grad_proj": g_proj}
+            "noise_samples": g_proj, "noise_group": noise_group}
 
 
 def save_eigen(path, out):
     """Write an eigen analysis (:func:`eigen_analysis`) atomically as ``fpsolver-net-eigen`` v1:
     datasets ``eigenvalues`` (k,), ``residuals`` (k,) = ‖Hu − hu‖/|h|, ``history`` (Lanczos
     Ritz estimates or subspace residuals per iteration), ``vectors`` (k, n) orthonormal,
-    ``grad_proj`` (k,) = u_iᵀ∇L, ``theta_proj`` (k,) = u_iᵀθ, ``sample_grad_proj`` (N, k) =
-    u_iᵀ∇ℓ_n; everything else as attributes (``trace_sigma`` = tr Σ, ``trace_h`` Hutchinson)."""
+    ``grad_proj`` (k,) = u_iᵀ∇L, ``theta_proj`` (k,) = u_iᵀθ, ``noise_samples`` (M, k)
+    whose covariance estimates u_iᵀΣu_j (per-example gradients when ``noise_group`` = 1,
+    else √S × mini-batch gradients); everything else as attributes (``trace_sigma`` = tr Σ, ``trace_h`` Hutchinson)."""
     arrays = ("eigenvalues", "residuals", "history", "vectors", "grad_proj", "theta_proj",
-              "sample_grad_proj")
+              "noise_samples")
     with atomic_replace(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"format": EIGEN_FORMAT, "version": EIGEN_VERSION})
         f.attrs.update({key: val for key, val in out.items() if key not in arrays})

@@ -1,7 +1,7 @@
 """Compare a recorded network run with the theory, direction by direction (numpy only).
 
 Per eigen-direction e_i (curvature h_i from the Hessian, noise Σ_ii = Var_n(e_iᵀ∇ℓ_n) from
-per-example gradients at θ_ref) the mode is the 1-D model of THEORY.md §3 (H diagonal in
+per-example or mini-batch gradients at θ_ref) the mode is the 1-D model of THEORY.md §3 (H diagonal in
 the eigenbasis, so a mode's variances depend on its own h_i and Σ_ii only). Measured over
 the stationary window (records after ``burn_in``·steps): Var θ_i, Var v_i (v = −buf) with
 batch-means standard errors, the rotation sense and frequency of (θ_i, v_i), η²‖buf‖², and
@@ -42,9 +42,9 @@ def _batch_means_mean(x, n_blocks=N_BLOCKS):
     return float(x.mean()), float(blocks.std(ddof=1) / np.sqrt(n_blocks))
 
 
-def noise_covariance(sample_grad_proj):
-    """Σ projected on the directions (k, k): population covariance of the rows of G (N, k)."""
-    g = np.asarray(sample_grad_proj, float)
+def noise_covariance(noise_samples):
+    """Σ projected on the directions (k, k): population covariance of the rows (M, k)."""
+    g = np.asarray(noise_samples, float)
     c = g - g.mean(axis=0)
     return c.T @ c / len(g)
 
@@ -119,7 +119,7 @@ def analyse(rec, eig, burn_in=0.2, window=None):
     win = steps > burn_in * steps[-1]
     x, v = rec["theta_proj"][win], -rec["buf_proj"][win]
     h = np.asarray(eig["eigenvalues"], float)
-    sigma = noise_covariance(eig["sample_grad_proj"])
+    sigma = noise_covariance(eig["noise_samples"])
     var_x, se_x = _batch_means_var(x)
     var_v, se_v = _batch_means_var(v)
     dt = lr * int(a["record_every"])
