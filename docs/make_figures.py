@@ -101,20 +101,61 @@ def fig_stationary():
 
 
 def fig_transient():
-    """F1: the exact transient from a displaced start at four times (density and current)."""
+    """F1: solver snapshots of the transient with their current, and the L1 error against
+    the exact N(e^{−At}z₀, P(t)) over time at two resolutions."""
     case = default_case()
     model = build_model(case)
-    movie = animate.exact_movie(case, model, 4, t_final=1.2, cells=96)
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharey=True)
-    for j, ax in enumerate(axes):
-        plots.density_current(movie.x, movie.y, movie.density[j],
-                              movie.current[j], ax=ax, mask_below=1e-3, gamma=0.5,
-                              vmax=movie.density.max(), labels=movie.labels)
-        ax.set_title(f"k = {movie.steps[j]:.0f} (t = {movie.times[j]:.2f})")
+    t_final = 2.4
+    fig, axes = plt.subplots(1, 5, figsize=(17, 3.4))
+    errors = {}
+    for cells in (48, 96):
+        movie = animate.solver_movie(case, model, 25, t_final=t_final, cells=cells,
+                                     progress=False)
+        exact = animate.exact_movie(case, model, 25, t_final=t_final, cells=cells)
+        cell = (movie.x[1] - movie.x[0]) * (movie.y[1] - movie.y[0])
+        l1 = np.abs(movie.density - exact.density).sum(axis=(1, 2)) * cell
+        errors[cells] = l1
+        axes[4].semilogy(movie.steps[1:], l1[1:], "o-", ms=3, label=f"{cells}² cells")
+    for ax, j in zip(axes[:4], (0, 4, 8, 12)):
+        plots.density_current(movie.x, movie.y, movie.density[j], movie.current[j], ax=ax,
+                              mask_below=1e-3, gamma=0.5, vmax=movie.density.max(),
+                              labels=movie.labels)
+        ax.set_title(f"solver, k = {movie.steps[j]:.0f} (t = {movie.times[j]:.1f})", fontsize=9)
+    axes[4].set_xlabel("step k")
+    axes[4].set_ylabel("L1 error vs exact Gaussian")
+    axes[4].legend(fontsize="small")
     fig.tight_layout()
     _save(fig, "transient.png")
-    angles = movie.centroid_angles()
-    return {"centroid_angles_rad": angles.tolist()}
+    ratio = errors[48][1:] / errors[96][1:]
+    return {"l1_48_max": float(errors[48].max()), "l1_96_max": float(errors[96].max()),
+            "ratio_min": float(ratio.min()), "ratio_max": float(ratio.max()),
+            "centroid_angles_rad": movie.centroid_angles()[:6].round(3).tolist()}
+
+
+def fig_convergence():
+    """Stationary solves of the default case on 24² … 192²: L1 and current errors."""
+    from fpsolver.analysis import compare
+    from fpsolver.solve import setup_problem, stationary
+
+    case = default_case()
+    model = build_model(case)
+    cells = [24, 48, 96, 192]
+    l1, cur = [], []
+    for n in cells:
+        problem = setup_problem(case, model, n)
+        with np.errstate(under="ignore"):
+            result = stationary(problem.op)
+            err = compare(problem, result)
+        l1.append(err["l1_error"])
+        cur.append(err["current_l1_rel_error"])
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    a = plots.convergence(cells, l1, ax=ax, label="L1 density error", expected_order=2)
+    b = plots.convergence(cells, cur, ax=ax, label="relative L1 current error")
+    ax.set_ylabel("error against the exact stationary Gaussian")
+    ax.set_title("default case, stationary Newton solve", fontsize=9)
+    _save(fig, "convergence.png")
+    return {"cells": cells, "l1": l1, "current": cur, "order_l1": a["order"],
+            "order_current": b["order"]}
 
 
 def fig_animation():
