@@ -567,8 +567,8 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
     mini-batches (``batches`` "iid" or "reshuffle") unless ``noise="gaussian"``, which uses
     the quadratic K(θ−μ) with N(0, Σ/S) noise (Σ = ``model.noise_cov``), as for every
     model without data. ``burn_in`` None: :func:`default_burn_in` (for ``theta0``); ``seed``
-    an integer ≥ 0. ``theta0`` (d,): start
-    (default μ), buffer 0. Pairs are recorded every ``record_every`` updates after burn-in.
+    an integer ≥ 0. ``theta0`` (d,): start (default μ), buffer 0. Pairs are recorded every
+    ``record_every`` updates after burn-in.
     ``delta_steps``: Δ(k) for k ≤ this (default min(total, 10000)). ``trajectory``:
     (chains, steps) kept for plots. ``parallel`` None: threads when chains·steps ≥
     PARALLEL_MIN_CHAIN_STEPS. Returns a :class:`SimulationResult`; raises
@@ -578,20 +578,12 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
         _check_args(model, chains, steps, burn_in, seed, batches, theta0, record_every,
                     delta_steps, noise, trajectory)
     start = time.perf_counter()
-    hyper, d = model.hyper, model.dim
+    d = model.dim
     total = burn_in + steps
     if parallel is None:
         parallel = chains * total >= PARALLEL_MIN_CHAIN_STEPS and chains > 1
     kernel = _advance_parallel if parallel else _advance_serial
-    if use_data:
-        x_data = np.ascontiguousarray(model.data.X, dtype=float)
-        y_data = np.ascontiguousarray(model.data.y, dtype=float)
-        batch_size = hyper.batch_size
-        root = np.zeros((d, d))
-    else:
-        x_data, y_data = np.zeros((0, d)), np.zeros(0)
-        batch_size = 1
-        root = _noise_root(model.noise_cov, hyper.batch_size)
+    coefficients, x_data, y_data, batch_size = _kernel_inputs(model, use_data)
     n_samples = len(y_data)
     reshuffle = batches == "reshuffle" and use_data
     chunk = chains
@@ -626,8 +618,7 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
             m1, m2 = mom1[lo:hi], mom2[lo:hi]
             for k0 in range(0, total, seg):
                 n_steps = min(seg, total - k0)
-                kernel(bounds, theta, buf, rng, perm, pos, hyper.lr, hyper.momentum,
-                       hyper.weight_decay, model.K, model.mu, root, x_data, y_data,
+                kernel(bounds, theta, buf, rng, perm, pos, *coefficients, x_data, y_data,
                        batch_size, reshuffle, k0, n_steps, burn_in, record_every, theta0,
                        m1, m2, dsum, dsq, traj_chunk, *templates)
                 if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(buf))):
@@ -651,6 +642,26 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
         theta0=theta0, samples=samples, **stats,
         delta_k=np.arange(delta_steps + 1), delta=delta, delta_se=np.sqrt(var / chains),
         trajectory=trajectory, wall_time_s=time.perf_counter() - start)
+
+
+def _kernel_inputs(model, use_data):
+    """(lr, β, λ, K, μ, R/√S), X, y and the batch size as the kernel takes them.
+
+    Gaussian mode: no data rows, batch size 1 (unused), R/√S the noise root. Mini-batch
+    mode: the data set, batch size S, a zero root.
+    """
+    hyper, d = model.hyper, model.dim
+    if use_data:
+        x_data = np.ascontiguousarray(model.data.X, dtype=float)
+        y_data = np.ascontiguousarray(model.data.y, dtype=float)
+        batch_size, root = int(hyper.batch_size), np.zeros((d, d))
+    else:
+        x_data, y_data = np.zeros((0, d)), np.zeros(0)
+        batch_size, root = 1, _noise_root(model.noise_cov, hyper.batch_size)
+    coefficients = (float(hyper.lr), float(hyper.momentum), float(hyper.weight_decay),
+                    np.ascontiguousarray(model.K, dtype=float),
+                    np.ascontiguousarray(model.mu, dtype=float), np.ascontiguousarray(root))
+    return coefficients, x_data, y_data, batch_size
 
 
 def _progress_bar(total, enabled):
