@@ -3,7 +3,7 @@
 The update is ``torch.optim.SGD(lr=η, momentum=β, weight_decay=λ, dampening=0,
 nesterov=False)`` exactly (THEORY.md §2)::
 
-    d_k = ĝ_B(θ_k) + λθ_k,   buf_{k+1} = β buf_k + d_k (buf_0 = 0),   θ_{k+1} = θ_k − η buf_{k+1}
+    d_k = ĝ_B(θ_k) + λθ_k,  buf_{k+1} = β buf_k + d_k (buf_0 = 0),  θ_{k+1} = θ_k − η buf_{k+1}
 
 and the recorded phase-space pair is (θ_{k+1}, v_k = −buf_{k+1}). Gradients come from
 
@@ -536,7 +536,8 @@ def _check_args(model, chains, steps, burn_in, seed, batches, theta0, record_eve
         raise UserError(f"noise must be one of {', '.join(NOISE)}, got {noise!r}")
     use_data = model.data is not None and noise == "auto"
     if batches == "reshuffle" and not use_data:
-        raise UserError("simulate.batches = \"reshuffle\" needs a [loss.linear_regression] data set")
+        raise UserError("simulate.batches = \"reshuffle\" needs a [loss.linear_regression] "
+                        "data set")
     d = model.dim
     if theta0 is None:
         theta0 = model.mu.copy()
@@ -550,7 +551,8 @@ def _check_args(model, chains, steps, burn_in, seed, batches, theta0, record_eve
     burn_in = (default_burn_in(model, theta0) if burn_in is None
                else _check_int(burn_in, "burn_in", 0))
     total = burn_in + steps
-    delta_steps = min(total, 10_000) if delta_steps is None else _check_int(delta_steps, "delta_steps", 0)
+    delta_steps = (min(total, 10_000) if delta_steps is None
+                   else _check_int(delta_steps, "delta_steps", 0))
     n_traj, traj_steps = trajectory
     n_traj = min(_check_int(n_traj, "trajectory chains", 0), chains)
     traj_steps = min(_check_int(traj_steps, "trajectory steps", 0), total)
