@@ -162,7 +162,7 @@ def _type_name(expected):
     return names[expected]
 
 
-def _scalar(value, expected, key):
+def check_scalar(value, expected, key):
     """Check one TOML scalar; ints are accepted where floats are expected."""
     if expected is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -184,7 +184,7 @@ def _bad(key, expected, value):
 def _vector(value, key, length=None, kind=float):
     if not isinstance(value, (list, tuple)) or not value:
         raise CaseError(f"{key} must be a non-empty list of numbers, got {value!r}")
-    out = tuple(_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
+    out = tuple(check_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
     if length is not None and len(out) != length:
         raise CaseError(f"{key} must have {length} entries, got {len(out)}")
     return out
@@ -202,13 +202,13 @@ def _matrix(value, key, size=None):
     return rows
 
 
-def _table(data, key):
+def check_table(data, key):
     if not isinstance(data, dict):
         raise CaseError(f"[{key}] must be a table, got {type(data).__name__}")
     return dict(data)
 
 
-def _take(table, section, spec, required=()):
+def take_keys(table, section, spec, required=()):
     """Pop the keys of ``spec`` ({name: parser}) from ``table``; reject leftovers."""
     out = {}
     for name, parse in spec.items():
@@ -224,22 +224,22 @@ def _take(table, section, spec, required=()):
     return out
 
 
-def _num(kind):
-    return lambda value, key: _scalar(value, kind, key)
+def number(kind):
+    return lambda value, key: check_scalar(value, kind, key)
 
 
-def _choice(options):
+def one_of(options):
     def parse(value, key):
-        value = _scalar(value, str, key)
+        value = check_scalar(value, str, key)
         if value not in options:
             raise CaseError(f"{key} must be one of {', '.join(options)}, got {value!r}")
         return value
     return parse
 
 
-def _positive(kind, allow_zero=False):
+def positive(kind, allow_zero=False):
     def parse(value, key):
-        value = _scalar(value, kind, key)
+        value = check_scalar(value, kind, key)
         if value < 0 or (value == 0 and not allow_zero):
             bound = ">= 0" if allow_zero else "> 0"
             raise CaseError(f"{key} must be {bound}, got {value}")
@@ -251,7 +251,7 @@ def _per_axis(kind, positive=True):
     """A scalar (same for every axis) or a list with one entry per phase-space axis."""
     def parse(value, key):
         values = _vector(value, key, kind=kind) if isinstance(value, (list, tuple)) else (
-            _scalar(value, kind, key),)
+            check_scalar(value, kind, key),)
         if positive and any(v <= 0 for v in values):
             raise CaseError(f"{key} must be > 0, got {value!r}")
         return values
@@ -269,9 +269,9 @@ def _bounds(value, key):
 
 
 def _parse_sgd(data):
-    spec = {"lr": _positive(float), "momentum": _num(float),
-            "weight_decay": _positive(float, allow_zero=True), "batch_size": _num(int)}
-    values = _take(_table(data, "sgd"), "sgd", spec, required=("lr",))
+    spec = {"lr": positive(float), "momentum": number(float),
+            "weight_decay": positive(float, allow_zero=True), "batch_size": number(int)}
+    values = take_keys(check_table(data, "sgd"), "sgd", spec, required=("lr",))
     momentum = values.get("momentum", 0.0)
     if not 0.0 <= momentum < 1.0:
         raise CaseError(f"sgd.momentum must be in [0, 1), got {momentum}")
@@ -281,12 +281,12 @@ def _parse_sgd(data):
 
 
 def _parse_linear_regression(data):
-    spec = {"n_samples": _positive(int), "feature_eigenvalues": lambda v, k: _vector(v, k),
-            "feature_covariance": lambda v, k: _matrix(v, k), "rotation_angle": _num(float),
-            "true_weights": lambda v, k: _vector(v, k), "label_noise": _positive(float, True),
-            "seed": _num(int), "match_covariance": _num(bool)}
+    spec = {"n_samples": positive(int), "feature_eigenvalues": lambda v, k: _vector(v, k),
+            "feature_covariance": lambda v, k: _matrix(v, k), "rotation_angle": number(float),
+            "true_weights": lambda v, k: _vector(v, k), "label_noise": positive(float, True),
+            "seed": number(int), "match_covariance": number(bool)}
     key = "loss.linear_regression"
-    values = _take(_table(data, key), key, spec, required=("n_samples",))
+    values = take_keys(check_table(data, key), key, spec, required=("n_samples",))
     has_eig, has_cov = "feature_eigenvalues" in values, "feature_covariance" in values
     if has_eig == has_cov:
         raise CaseError(f"{key} needs exactly one of feature_eigenvalues or feature_covariance")
@@ -302,10 +302,10 @@ def _parse_linear_regression(data):
 
 
 def _parse_loss(data):
-    table = _table(data, "loss")
+    table = check_table(data, "loss")
     spec = {"hessian": lambda v, k: _matrix(v, k), "minimum": lambda v, k: _vector(v, k),
             "linear_regression": lambda v, k: _parse_linear_regression(v)}
-    values = _take(table, "loss", spec)
+    values = take_keys(table, "loss", spec)
     if ("hessian" in values) == ("linear_regression" in values):
         raise CaseError("loss needs exactly one of loss.hessian or [loss.linear_regression]")
     loss = LossConfig(**values)
@@ -318,9 +318,9 @@ def _parse_loss(data):
 
 
 def _parse_noise(data, loss):
-    spec = {"model": _choice(NOISE_MODELS), "sigma2": _positive(float, allow_zero=True),
+    spec = {"model": one_of(NOISE_MODELS), "sigma2": positive(float, allow_zero=True),
             "matrix": lambda v, k: _matrix(v, k, size=loss.dim)}
-    values = _take(_table(data, "noise"), "noise", spec)
+    values = take_keys(check_table(data, "noise"), "noise", spec)
     default_model = "exact" if loss.linear_regression is not None else "proportional"
     noise = NoiseConfig(**{"model": default_model, **values})
     if noise.model == "matrix" and noise.matrix is None:
@@ -345,8 +345,8 @@ def _expand(values, n, key):
 
 def _parse_grid(data, dim):
     spec = {"cells": _per_axis(int), "width": _per_axis(float), "bounds": _bounds,
-            "force": _num(bool)}
-    values = _take(_table(data, "grid"), "grid", spec)
+            "force": number(bool)}
+    values = take_keys(check_table(data, "grid"), "grid", spec)
     n = 2 * dim
     cells = _expand(values.get("cells", (128,)), n, "grid.cells")
     if min(cells) < 8:
@@ -359,10 +359,10 @@ def _parse_grid(data, dim):
 
 
 def _parse_run(data, dim):
-    spec = {"t_final": _positive(float), "initial_mean": lambda v, k: _vector(v, k, 2 * dim),
-            "initial_cov_scale": _positive(float), "scheme": _choice(SCHEMES),
-            "dt": _positive(float), "safety": _positive(float), "steady_tol": _positive(float)}
-    values = _take(_table(data, "run"), "run", spec)
+    spec = {"t_final": positive(float), "initial_mean": lambda v, k: _vector(v, k, 2 * dim),
+            "initial_cov_scale": positive(float), "scheme": one_of(SCHEMES),
+            "dt": positive(float), "safety": positive(float), "steady_tol": positive(float)}
+    values = take_keys(check_table(data, "run"), "run", spec)
     run = RunConfig(**values)
     if not 0 < run.safety <= 1:
         raise CaseError(f"run.safety must be in (0, 1], got {run.safety}")
@@ -370,15 +370,15 @@ def _parse_run(data, dim):
 
 
 def _parse_simulate(data):
-    spec = {"chains": _positive(int), "steps": _positive(int),
-            "burn_in": _positive(int, allow_zero=True), "seed": _num(int),
-            "batches": _choice(BATCH_SAMPLING), "record_every": _positive(int)}
-    return SimulateConfig(**_take(_table(data, "simulate"), "simulate", spec))
+    spec = {"chains": positive(int), "steps": positive(int),
+            "burn_in": positive(int, allow_zero=True), "seed": number(int),
+            "batches": one_of(BATCH_SAMPLING), "record_every": positive(int)}
+    return SimulateConfig(**take_keys(check_table(data, "simulate"), "simulate", spec))
 
 
 def case_from_dict(data):
     """Build a validated :class:`Case` from a (TOML-shaped) dictionary."""
-    data = _table(data, "case")
+    data = check_table(data, "case")
     for key in ("sgd", "loss"):
         if key not in data:
             raise CaseError(f"missing required table [{key}]")
@@ -387,7 +387,7 @@ def case_from_dict(data):
     unknown = sorted(set(data) - set(sections))
     if unknown:
         raise CaseError(f"unknown key {unknown[0]} (known: {', '.join(sections)})")
-    name = _scalar(data.get("name", "case"), str, "name")
+    name = check_scalar(data.get("name", "case"), str, "name")
     loss = _parse_loss(data["loss"])
     sgd = _parse_sgd(data["sgd"])
     lr_data = loss.linear_regression

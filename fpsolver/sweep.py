@@ -70,8 +70,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .case import (_choice, _num, _positive, _scalar, _table, _take, case_from_dict, case_to_dict,
-                   load_case)
+from .case import (case_from_dict, case_to_dict, check_scalar, check_table, load_case, number,
+                   one_of, positive, take_keys)
 from .errors import CaseError, UserError
 from .io import atomic_replace, atomic_write_json, to_json
 
@@ -167,14 +167,14 @@ def _axis_values(value, key):
         if not value:
             raise CaseError(f"{key} must be a non-empty list or a "
                             "{log|linear = [lo, hi], num = n} table")
-        return tuple(_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
-    table = _table(value, key)
+        return tuple(check_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
+    table = check_table(value, key)
     spacing = [s for s in ("log", "linear") if s in table]
     if len(spacing) != 1:
         raise CaseError(f"{key} needs exactly one of log = [lo, hi] or linear = [lo, hi]")
-    spec = {spacing[0]: lambda v, k: tuple(_scalar(x, float, k) for x in _pair(v, k)),
-            "num": _positive(int)}
-    values = _take(table, key, spec, required=("num",))
+    spec = {spacing[0]: lambda v, k: tuple(check_scalar(x, float, k) for x in _pair(v, k)),
+            "num": positive(int)}
+    values = take_keys(table, key, spec, required=("num",))
     lo, hi = values[spacing[0]]
     if spacing[0] == "log":
         if lo <= 0 or hi <= 0:
@@ -194,7 +194,7 @@ def _pair(value, key):
 
 
 def _parse_axes(data):
-    table = _table(data, "axes")
+    table = check_table(data, "axes")
     unknown = sorted(set(table) - set(AXES))
     if unknown:
         raise CaseError(f"unknown key axes.{unknown[0]} (known: {', '.join(AXES)})")
@@ -204,15 +204,15 @@ def _parse_axes(data):
 
 
 def _parse_spectrum(data):
-    spec = {"dim": _positive(int), "alpha": _num(float), "h_max": _positive(float)}
-    return _take(_table(data, "spectrum"), "spectrum", spec, required=("dim",))
+    spec = {"dim": positive(int), "alpha": number(float), "h_max": positive(float)}
+    return take_keys(check_table(data, "spectrum"), "spectrum", spec, required=("dim",))
 
 
 def _parse_simulate(data):
-    spec = {"chains": _positive(int), "steps": _positive(int),
-            "burn_in": _positive(int, allow_zero=True), "batches": _choice(("iid", "reshuffle")),
-            "record_every": _positive(int), "groups": _positive(int)}
-    sim = SimulateSpec(**_take(_table(data, "simulate"), "simulate", spec))
+    spec = {"chains": positive(int), "steps": positive(int),
+            "burn_in": positive(int, allow_zero=True), "batches": one_of(("iid", "reshuffle")),
+            "record_every": positive(int), "groups": positive(int)}
+    sim = SimulateSpec(**take_keys(check_table(data, "simulate"), "simulate", spec))
     if sim.groups < 2:
         raise CaseError(f"simulate.groups must be >= 2 (standard errors), got {sim.groups}")
     if sim.chains < 2 * sim.groups:
@@ -226,7 +226,7 @@ def _parse_windows(value, key):
         raise CaseError(f"{key} must be a non-empty list of [k1, k2] pairs")
     windows = []
     for i, pair in enumerate(value):
-        k1, k2 = (_scalar(v, int, f"{key}[{i}]") for v in _pair(pair, f"{key}[{i}]"))
+        k1, k2 = (check_scalar(v, int, f"{key}[{i}]") for v in _pair(pair, f"{key}[{i}]"))
         if not 1 <= k1 < k2:
             raise CaseError(f"{key}[{i}] must satisfy 1 <= k1 < k2, got [{k1}, {k2}]")
         windows.append((k1, k2))
@@ -234,9 +234,9 @@ def _parse_windows(value, key):
 
 
 def _parse_diffusion(data):
-    spec = {"k_max": _positive(int), "num_k": _positive(int), "windows": _parse_windows,
-            "offset": _positive(float, allow_zero=True)}
-    diff = DiffusionSpec(**_take(_table(data, "diffusion"), "diffusion", spec))
+    spec = {"k_max": positive(int), "num_k": positive(int), "windows": _parse_windows,
+            "offset": positive(float, allow_zero=True)}
+    diff = DiffusionSpec(**take_keys(check_table(data, "diffusion"), "diffusion", spec))
     if diff.num_k < 4:
         raise CaseError(f"diffusion.num_k must be >= 4, got {diff.num_k}")
     for k1, k2 in diff.windows:
@@ -250,8 +250,8 @@ def _parse_diffusion(data):
 
 
 def _parse_fokker_planck(data):
-    spec = {"cells": _positive(int), "tol": _positive(float)}
-    fp = FokkerPlanckSpec(**_take(_table(data, "fokker_planck"), "fokker_planck", spec))
+    spec = {"cells": positive(int), "tol": positive(float)}
+    fp = FokkerPlanckSpec(**take_keys(check_table(data, "fokker_planck"), "fokker_planck", spec))
     if fp.cells < 16:
         raise CaseError(f"fokker_planck.cells must be >= 16, got {fp.cells}")
     return fp
@@ -260,7 +260,7 @@ def _parse_fokker_planck(data):
 def _parse_levels(value, key):
     if not isinstance(value, list):
         raise CaseError(f"{key} must be a list of theory levels (1, 2, 3)")
-    levels = tuple(sorted({_scalar(v, int, f"{key}[{i}]") for i, v in enumerate(value)}))
+    levels = tuple(sorted({check_scalar(v, int, f"{key}[{i}]") for i, v in enumerate(value)}))
     bad = [v for v in levels if v not in LEVELS]
     if bad:
         raise CaseError(f"{key} entries must be 1, 2 or 3, got {bad[0]}")
@@ -272,26 +272,26 @@ def _parse_base(value, base_dir):
     if isinstance(value, str):
         path = (base_dir / value) if not Path(value).is_absolute() else Path(value)
         return case_to_dict(load_case(path))
-    table = _table(value, "base")
+    table = check_table(value, "base")
     table.setdefault("name", "base")
     return case_to_dict(case_from_dict(table))
 
 
 def sweep_from_dict(data, base_dir=Path(".")):
     """Build a validated :class:`Sweep` from a TOML-shaped dict (paths relative to base_dir)."""
-    data = _table(data, "sweep")
+    data = check_table(data, "sweep")
     if "base" not in data:
         raise CaseError("missing required key base (a case file path or an inline [base] table)")
     if "axes" not in data:
         raise CaseError("missing required table [axes]")
-    spec = {"name": lambda v, k: _scalar(v, str, k), "base": lambda v, k: _parse_base(v, base_dir),
-            "mode": _choice(MODES), "seed": _positive(int, allow_zero=True),
+    spec = {"name": lambda v, k: check_scalar(v, str, k), "base": lambda v, k: _parse_base(v, base_dir),
+            "mode": one_of(MODES), "seed": positive(int, allow_zero=True),
             "levels": _parse_levels, "axes": lambda v, k: _parse_axes(v),
             "spectrum": lambda v, k: _parse_spectrum(v),
             "simulate": lambda v, k: _parse_simulate(v),
             "diffusion": lambda v, k: _parse_diffusion(v),
             "fokker_planck": lambda v, k: _parse_fokker_planck(v)}
-    values = _take(dict(data), "", spec)
+    values = take_keys(dict(data), "", spec)
     default_levels = (1, 2, 3) if "linear_regression" in values["base"]["loss"] else (1, 2)
     sweep = Sweep(name=values.get("name", "sweep"), base=values["base"],
                   mode=values.get("mode", "one-at-a-time"), seed=values.get("seed", 0),
@@ -489,29 +489,6 @@ def theta_start(model, offset):
     return model.mu + offset * np.ones(model.dim) / math.sqrt(model.dim)
 
 
-def diffusion_curve_exact_from_mu(model, k):
-    """Level-3 E‖θ_k − μ‖² from (θ₀ = μ, buf₀ = 0) with state-dependent noise; k: int array.
-
-    Second moments M_k of z_k = (θ_k − μ, buf_k) obey M_{k+1} = F M_k Fᵀ + (1/S)E_i[Δ_i M_k
-    Δ_iᵀ] + G(Σ(μ)/S)Gᵀ from M_0 = 0 (the recursion of THEORY.md §8; the cross terms vanish
-    because E z_k = 0 when θ₀ = μ). Returns tr of the θθ block at each k.
-    """
-    from . import theory as th
-
-    f, g, q = th.discrete_matrices(model)
-    d, h = model.dim, model.hyper
-    fourth = th._fourth_moment_map(model)
-    c = np.array([[h.lr ** 2, -h.lr], [-h.lr, 1.0]])
-    source = g @ q @ g.T
-    moments = np.zeros_like(source)
-    traces = np.empty(int(np.max(k)) + 1)
-    traces[0] = 0.0
-    for step in range(1, len(traces)):
-        moments = f @ moments @ f.T + np.kron(c, fourth(moments[:d, :d])) / h.batch_size + source
-        traces[step] = np.trace(moments[:d, :d])
-    return traces[np.asarray(k)]
-
-
 def theory_diffusion(model, diffusion, levels):
     """Δ(k) from (θ₀, v₀ = 0) and its fitted exponents per window: levels 1 and 2, and
     level 3 when it is requested, the model has data and θ₀ = μ."""
@@ -521,8 +498,8 @@ def theory_diffusion(model, diffusion, levels):
     theta0 = theta_start(model, diffusion.offset)
     curves = {"continuous": lambda: th.diffusion_curve_continuous(model, theta0, k),
               "discrete": lambda: th.diffusion_curve_discrete(model, theta0, k)}
-    if 3 in levels and model.data is not None and diffusion.offset == 0:
-        curves["exact"] = lambda: diffusion_curve_exact_from_mu(model, k)
+    if 3 in levels and model.data is not None:
+        curves["exact"] = lambda: th.diffusion_curve_exact(model, theta0, k)
     out = {"delta_k": k.tolist()}
     for level, curve in curves.items():
         with np.errstate(under="ignore"):

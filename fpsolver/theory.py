@@ -327,6 +327,40 @@ def diffusion_curve_discrete(model, theta0, k):
     return out
 
 
+def diffusion_curve_exact(model, theta0, k):
+    """Level 3 E‖θ_k − θ₀‖² from (θ₀, buf₀ = 0) with linear regression's state-dependent noise.
+
+    Mean m and second moment M of z_k = (θ_k − μ, buf_k) obey m' = Fm and M' = FMFᵀ +
+    (1/S)E_i[Δ_iMΔ_iᵀ] + G(Σ(μ)/S)Gᵀ + (1/S)(c ⊗ (C + Cᵀ)), C = E_i[a_i m_θ ξ_iᵀ], the last
+    term from the batch that drives both the curvature and the additive noise (zero when
+    θ₀ = μ). i.i.d. batches; ``k``: int array; the recursion runs to max(k).
+    """
+    if model.data is None:
+        raise UserError("level 3 (exact state-dependent noise) needs a linear-regression case")
+    f, g, q = discrete_matrices(model)
+    d, h = model.dim, model.hyper
+    x = model.data.X
+    xi = model.data.per_sample_gradients(model.mu)
+    xi = xi - xi.mean(axis=0)
+    fourth = _fourth_moment_map(model)
+    c = np.array([[h.lr ** 2, -h.lr], [-h.lr, 1.0]])
+    a = np.asarray(theta0, dtype=float) - model.mu
+    mean = np.concatenate([a, np.zeros(d)])
+    moments = np.outer(mean, mean)
+    source = g @ q @ g.T
+    k = np.asarray(k)
+    out = np.empty(int(np.max(k)) + 1)
+    out[0] = 0.0
+    for step in range(1, len(out)):
+        cmat = (x.T * (x @ mean[:d])) @ xi / len(x)    # E_i[x_i x_iᵀ m_θ ξ_iᵀ]; E ξ_i = 0
+        cross = np.kron(c, cmat + cmat.T)
+        moments = f @ moments @ f.T + (np.kron(c, fourth(moments[:d, :d])) + cross) / \
+            h.batch_size + source
+        mean = f @ mean
+        out[step] = np.trace(moments[:d, :d]) - 2 * a @ mean[:d] + a @ a
+    return out[k]
+
+
 def fit_exponent(k, delta, k1, k2):
     """c: least-squares slope of log Δ against log k over k1 ≤ k ≤ k2."""
     k, delta = np.asarray(k, dtype=float), np.asarray(delta, dtype=float)

@@ -215,12 +215,11 @@ def test_exact_diffusion_curve_saturates_at_the_level3_variance():
     equals level 2 when the state-dependent part is negligible (large S, small η)."""
     from fpsolver import theory as th
     from fpsolver.sgd import build_model
-    from fpsolver.sweep import diffusion_curve_exact_from_mu
 
     sweep = make_sweep(axes={"lr": [0.08]})
     model = build_model(point_case(sweep, expand_points(sweep)[0]))
     d = model.dim
-    delta = diffusion_curve_exact_from_mu(model, np.array([1, 2, 3000]))
+    delta = th.diffusion_curve_exact(model, model.mu, np.array([1, 2, 3000]))
     assert delta[-1] == pytest.approx(np.trace(th.exact_stationary_cov(model)[:d, :d]), rel=1e-9)
     # one step from rest: θ₁ − μ = −η ĝ_B(μ), E‖·‖² = η² tr Σ(μ)/S (exactly)
     assert delta[0] == pytest.approx(model.hyper.lr ** 2 * np.trace(model.noise_cov) / 16,

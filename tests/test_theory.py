@@ -347,3 +347,25 @@ def test_orthogonal_rotation_covariance(rng):
     big = sla.block_diag(q, q)
     for fn in (th.stationary_cov, th.discrete_stationary_cov):
         np.testing.assert_allclose(fn(rot), big @ fn(base) @ big.T, atol=1e-14)
+
+
+def test_level3_diffusion_curve_first_step_and_limit():
+    """k = 1 by hand (curvature noise and additive noise share the batch) and k → ∞."""
+    model = _linear_regression_model(n=30, lr=0.3, momentum=0.6, batch_size=3)
+    x, s, eta = model.data.X, model.hyper.batch_size, model.hyper.lr
+    a = np.array([0.3, -0.2, 0.5])
+    theta0 = model.mu + a
+    xi = model.data.per_sample_gradients(model.mu)
+    xi -= xi.mean(axis=0)
+    per_sample = (x * (x @ a)[:, None] - model.hessian @ a) + xi   # (a_i a + ξ_i)
+    one = eta ** 2 * (np.sum((model.K @ a) ** 2) + np.mean(np.sum(per_sample ** 2, 1)) / s)
+    assert th.diffusion_curve_exact(model, theta0, [1])[0] == pytest.approx(one, rel=1e-12)
+    p3 = th.exact_stationary_cov(model)
+    far = th.diffusion_curve_exact(model, theta0, [3000])[0]
+    assert far == pytest.approx(a @ a + np.trace(p3[:3, :3]), rel=1e-9)
+    # from θ₀ = μ: step 1 sees no curvature noise yet (θ₀ = μ exactly), later steps do
+    k = np.array([1, 10, 100])
+    at_mu = th.diffusion_curve_exact(model, model.mu, k)
+    level2 = th.diffusion_curve_discrete(model, model.mu, k)
+    assert at_mu[0] == pytest.approx(level2[0], rel=1e-12)
+    assert np.all(at_mu[1:] > 1.1 * level2[1:])
