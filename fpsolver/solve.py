@@ -30,7 +30,7 @@ from .fv import FPOperator, jacobian_matrix
 from .grid import sized_grid, uniform_grid
 from .io import atomic_savez
 
-DIRECT_MAX_CELLS = 400_000
+DIRECT_MAX_CELLS = 400_000  # 2-D grids up to 632²; 4-D LU fill grows too fast (use GMRES)
 
 
 @dataclass
@@ -289,17 +289,28 @@ def _newton_direct(op, p, vol):
     return x / (x.sum() * vol), 0
 
 
+def af_tau(op):
+    """ADI parameter τ = 1/√(rate_max·γ_min): the geometric mean of the fastest discrete
+    and the slowest physical time scale (γ_min = min Re eig A)."""
+    gamma = float(np.min(np.linalg.eigvals(op.drift).real))
+    return 1.0 / math.sqrt(op.max_rate() * gamma)
+
+
 def _newton_krylov(op, p, vol, rel_tol):
-    """One inexact Newton step with matrix-free GMRES on Jac(p) δ = −L(p)p."""
+    """One inexact Newton step: GMRES on Jac(p) δ = −L(p)p, matrix-free, preconditioned by
+    the approximate factorisation Π_k (I − τT_k) of the first-order operator (line solves)."""
     r = op.rate(p)
     count = [0]
+    tau = af_tau(op)
 
     def matvec(w):
         count[0] += 1
         return op.jacobian_apply(p, w)
 
     a = spla.LinearOperator((op.size, op.size), matvec=matvec, dtype=float)
-    delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=40, maxiter=25)
+    m = spla.LinearOperator((op.size, op.size), matvec=lambda x: op.af_precondition(tau, x),
+                            dtype=float)
+    delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=40, maxiter=25, M=m)
     x = p + delta
     return x / (x.sum() * vol), count[0]
 
@@ -312,6 +323,11 @@ def prolong(p, grid, fine):
     return out / (out.sum() * fine.cell_volume)
 
 
+def use_direct(op):
+    """Sparse LU for 2-D grids up to DIRECT_MAX_CELLS, else (4-D) GMRES."""
+    return op.grid.ndim == 2 and op.size <= DIRECT_MAX_CELLS
+
+
 def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3):
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 
@@ -322,7 +338,7 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     start = time.perf_counter()
     grid = op.grid
     vol = grid.cell_volume
-    direct = op.size <= DIRECT_MAX_CELLS
+    direct = use_direct(op)
     nested = (not direct) if nested is None else nested
     n_rhs = 0
     if p0 is None and nested and min(grid.shape) >= 16:

@@ -89,3 +89,14 @@ def test_current_is_the_mean_of_face_fluxes_and_walls_carry_none(rng):
     j = op.current(p)
     np.testing.assert_allclose(j[0][1:-1], 0.5 * (f[0][1:-1] + f[0][:-2]), rtol=1e-15)
     np.testing.assert_allclose(j[1][:, 0], 0.5 * f[1][:, 0], rtol=1e-15)
+
+
+@pytest.mark.parametrize("make", [_operator_2d, _operator_4d])
+def test_line_solves_agree_with_the_banded_twin(make, rng):
+    op = make()
+    r = rng.random(op.size)
+    for k in range(len(op.shape)):
+        al, be = op.line_coefficients(k)
+        x = op.line_solve(k, 0.05, r)
+        twin = reference.line_solve(al, be, 0.05, op.shape_arr, op.strides, k, r)
+        np.testing.assert_allclose(x, twin, rtol=1e-13, atol=0)

@@ -69,8 +69,9 @@ def run(args):
     from ..analysis import compare, exact_moments, moments
     from ..errors import GridError, UserError
     from ..io import atomic_savez, atomic_write_json
-    from ..solve import (DIRECT_MAX_CELLS, CheckpointTracker, ConservationTracker,
-                         ProgressTracker, evolve, load_checkpoint, setup_problem, stationary)
+    from ..solve import (CheckpointTracker, ConservationTracker,
+                         ProgressTracker, evolve, load_checkpoint, setup_problem, stationary,
+                         use_direct)
 
     start = time.perf_counter()
     case = case_from_args(args)
@@ -89,7 +90,7 @@ def run(args):
     had_ckpt = ckpt.exists()
     try:
         if problem.t_final is None:
-            direct = op.size <= DIRECT_MAX_CELLS
+            direct = use_direct(op)
             tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
             result = stationary(op, tol=tol)
             solver = "newton-lu" if direct else "newton-gmres (nested)"

@@ -19,6 +19,7 @@ applies its Jacobian at ``p`` to ``w``. The van Leer slope s(a, b) = 2ab/(a + b)
 homogeneous of degree one, so Jacobian(p)·p equals the scheme applied to p.
 """
 
+import numpy as np
 from numba import prange
 
 from .policy import helper, kernel
@@ -114,3 +115,36 @@ def face_flux_kernel(p, w, jac, shape, strides, kind, row, coef, cross, inv_h, o
                                        cross, inv_h)
             else:
                 out[k, c] = 0.0
+
+
+@kernel
+def line_solve_kernel(alpha, beta, tau, shape, strides, axis, rhs, out):
+    """Solve (I − τT_k)x = rhs along every line of ``axis`` (Thomas algorithm).
+
+    T_k is the first-order line operator: face flux α_c x_c − β_c x_{c+1} on the right face
+    of cell c (α, β ≥ 0 already divided by h; 0 on walls), so row c of I − τT_k is
+    [−τα_{c−1}, 1 + τ(α_c + β_{c−1}), −τβ_c]: an M-matrix, no pivoting needed.
+    """
+    n = shape[axis]
+    st = strides[axis]
+    for line in prange(rhs.size // n):
+        c0 = (line // st) * (st * n) + line % st
+        cp = np.empty(n)
+        dp = np.empty(n)
+        prev_m = 0.0
+        for i in range(n):
+            c = c0 + i * st
+            diag = 1.0 + tau * alpha[c]
+            low = 0.0
+            if i > 0:
+                diag += tau * beta[c - st]
+                low = -tau * alpha[c - st]
+            up = -tau * beta[c] if i < n - 1 else 0.0
+            m = diag - low * prev_m
+            cp[i] = up / m
+            dp[i] = (rhs[c] - low * (dp[i - 1] if i > 0 else 0.0)) / m
+            prev_m = cp[i]
+        x = 0.0
+        for i in range(n - 1, -1, -1):
+            x = dp[i] - cp[i] * x
+            out[c0 + i * st] = x

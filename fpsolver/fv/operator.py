@@ -90,6 +90,7 @@ class FPOperator:
                 np.moveaxis(coef[self.row[k] + 1], k, 0)[-1] = 0.0
         self.coef = coef.reshape(3 * d, -1)
         self.shape_arr = np.array(self.shape, dtype=np.int64)
+        self._lines = None
 
     # ------------------------------------------------------------------ kernel calls
     def kernel_args(self):
@@ -136,6 +137,38 @@ class FPOperator:
             ok[:] = 0.5 * fk
             ok[1:] += 0.5 * fk[:-1]
         return out
+
+    # ------------------------------------------------------------------ preconditioner
+    def line_coefficients(self, k):
+        """(α, β) of the first-order line operator along axis k, divided by h_k (flat):
+        upwind u⁺, −u⁻ on advective axes, the hybrid weights on velocity axes."""
+        if self._lines is None:
+            self._lines = []
+            for a in range(len(self.shape)):
+                r = self.row[a]
+                if self.kind[a] == 0:
+                    u = self.coef[r]
+                    al, be = np.maximum(u, 0.0), np.maximum(-u, 0.0)
+                else:
+                    al, be = self.coef[r], self.coef[r + 1]
+                self._lines.append((al * self.inv_h[a], be * self.inv_h[a]))
+        return self._lines[k]
+
+    def line_solve(self, k, tau, rhs, out=None):
+        """x = (I − τT_k)⁻¹ rhs (flat), T_k the first-order line operator along axis k."""
+        al, be = self.line_coefficients(k)
+        res = np.empty(self.size) if out is None else out
+        with threads_for(self.size):
+            kernels.line_solve_kernel(al, be, float(tau), self.shape_arr, self.strides, k,
+                                      self._flat(rhs), res)
+        return res
+
+    def af_precondition(self, tau, r):
+        """Approximate-factorisation (ADI) inverse −τ Π_k (I − τT_k)⁻¹ r ≈ J⁻¹r (flat)."""
+        x = self._flat(r)
+        for k in range(len(self.shape)):
+            x = self.line_solve(k, tau, x)
+        return -tau * x
 
     # ------------------------------------------------------------------ step limits
     def max_rate(self):

@@ -76,3 +76,20 @@ def rate(p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
         np.moveaxis(left, k, 0)[1:] = np.moveaxis(f, k, 0)[:-1]
         out -= (f - left) * inv_h[k]
     return out.ravel()
+
+
+def line_solve(alpha, beta, tau, shape, strides, axis, rhs):
+    """Twin of ``line_solve_kernel``: (I − τT_k)⁻¹ rhs line by line with solve_banded."""
+    from scipy.linalg import solve_banded
+    shape = tuple(int(n) for n in shape)
+    a, b, r = (np.moveaxis(np.asarray(x).reshape(shape), axis, -1) for x in (alpha, beta, rhs))
+    out = np.empty_like(r)
+    n = shape[axis]
+    for idx in np.ndindex(r.shape[:-1]):
+        ab = np.zeros((3, n))
+        ab[1] = 1.0 + tau * a[idx]
+        ab[1, 1:] += tau * b[idx][:-1]
+        ab[0, 1:] = -tau * b[idx][:-1]
+        ab[2, :-1] = -tau * a[idx][:-1]
+        out[idx] = solve_banded((1, 1), ab, r[idx])
+    return np.moveaxis(out, -1, axis).ravel()

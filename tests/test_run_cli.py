@@ -1,0 +1,100 @@
+"""``fpsolver run``: outputs per DESIGN.md, refusals without partial files, --resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fpsolver import __version__, theory
+from fpsolver.case import load_case
+from fpsolver.cli import main
+from fpsolver.commands.run import _fingerprint
+from fpsolver.solve import CheckpointTracker, Tracker, evolve, setup_problem
+
+CASE = """name = "small"
+[sgd]
+lr = 0.05
+momentum = 0.9
+weight_decay = 0.01
+batch_size = 8
+[loss]
+hessian = [[0.97]]
+[noise]
+model = "proportional"
+sigma2 = 0.25
+[grid]
+cells = {cells}
+width = {width}
+[run]
+{run}
+"""
+TRANSIENT = 't_final = 0.3\ninitial_mean = [0.25, 0.0]\ninitial_cov_scale = 0.25'
+
+
+def _case(tmp_path, cells=24, width=6.0, run=""):
+    path = tmp_path / "case.toml"
+    path.write_text(CASE.format(cells=cells, width=width, run=run))
+    return str(path)
+
+
+def test_stationary_run_writes_the_contract(tmp_path):
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), "--cells", "32", "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("case", "cells", "solver", "t_final", "wall_time_s", "l1_error",
+                "linf_rel_error", "current_l1_rel_error", "mass_error", "min_density",
+                "version", "residual"):
+        assert key in s
+    assert s["case"] == "default" and s["cells"] == [32, 32] and s["t_final"] is None
+    assert s["version"] == __version__
+    with np.load(out / "density.npz") as d:
+        p, c0, c1, t = d["p"], d["centers_0"], d["centers_1"], float(d["t"])
+    assert p.shape == (32, 32) and t == np.inf
+    h0, h1 = c0[1] - c0[0], c1[1] - c1[0]
+    assert abs(p.sum() * h0 * h1 - 1) <= 1e-12 and s["mass_error"] <= 1e-12
+    edges = [np.r_[c - h / 2, c[-1] + h / 2] for c, h in ((c0, h0), (c1, h1))]
+    exact = theory.gaussian_cell_averages(np.array(s["mean_exact"]), np.array(s["cov_exact"]),
+                                          edges)
+    assert s["l1_error"] == pytest.approx(np.abs(p - exact).sum() * h0 * h1, rel=1e-9)
+    assert s["l1_error"] <= 3e-2  # second order: 1.68e-3 at 128², ×16 at 32²
+    assert (out / "density.png").exists()
+    assert main(["run", "--out", str(out), "--cells", "32"]) == 2  # exists, no --force
+    assert main(["run", "--out", str(out), "--cells", "32", "--force", "--no-figure"]) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cells": 4}, "grid.cells"),
+    ({"width": 3.0}, "cuts off"),
+    ({"run": "t_final = 0.0"}, "t_final"),
+    ({"run": TRANSIENT + "\ndt = 1.0"}, "run.dt"),
+])
+def test_bad_input_one_line_and_no_outputs(tmp_path, capsys, kwargs, message):
+    out = tmp_path / "out"
+    assert main(["run", _case(tmp_path, **kwargs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fpsolver: error:") and message in err and "\n" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+class _Interrupt(Tracker):
+    def handle(self, state):
+        if state.step == 20:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_an_interrupted_run_to_the_same_answer(tmp_path):
+    path = _case(tmp_path, run=TRANSIENT)
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["run", path, "--out", str(full), "--no-progress", "--no-figure"]) == 0
+    case = load_case(path)
+    prob = setup_problem(case)
+    ck = CheckpointTracker(part / "checkpoint.npz", _fingerprint(case, prob.grid), every_s=1e9)
+    with pytest.raises(KeyboardInterrupt):
+        evolve(prob.op, prob.p0, prob.t_final, trackers=[_Interrupt()], checkpoint=ck)
+    assert main(["run", path, "--out", str(part), "--resume", "--no-progress",
+                 "--no-figure"]) == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (full, part))
+    assert a["n_steps"] == b["n_steps"] and a["l1_error"] == b["l1_error"]
+    with np.load(full / "density.npz") as f, np.load(part / "density.npz") as g:
+        np.testing.assert_array_equal(f["p"], g["p"])
+    assert not (part / "checkpoint.npz").exists()
