@@ -23,6 +23,7 @@ pytestmark = pytest.mark.net
 torch.set_num_threads(1)
 
 from fpsolver import theory  # noqa: E402
+from fpsolver.net import files  # noqa: E402
 from fpsolver.sgd import PhaseSpaceModel  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,24 @@ def test_hvp_batch_weighting_and_bn_buffers_restored():
         assert torch.equal(a, b)
 
 
+def test_gradient_noise_per_example_exact_and_minibatch_unbiased():
+    """Per-example rows give Σ(μ) exactly; √S × mini-batch rows estimate it within 4 SE."""
+    from fpsolver.net import hessian as hs
+    from fpsolver.net.project import noise_covariance
+
+    x, y, _, sigma, mu = linear_problem([2.0, 1.0, 0.5], n=2000)
+    op = hs.HessianOperator(linear_net(mu), half_mse, batches_of(x, y, 500))
+    eye = torch.eye(3, dtype=torch.float64)
+    rows, trace = hs.gradient_noise(op, op.batches, eye)
+    np.testing.assert_allclose(noise_covariance(rows), sigma, rtol=1e-10, atol=1e-12)
+    assert abs(trace - np.trace(sigma)) < 1e-10 * np.trace(sigma)
+    rows, trace = hs.gradient_noise(op, op.batches, eye, group=4)  # 500 batches of 4
+    est = np.diag(noise_covariance(rows))
+    # relative SE of a variance from M samples: √((2 + κ)/M); per-example gradients x·r
+    # (Gaussian x, r) have excess kurtosis κ₁ = 6, a mean of 4 has κ = 6/4
+    assert np.all(np.abs(est / np.diag(sigma) - 1) < 4 * np.sqrt(3.5 / len(rows)))
+
+
 # ---------------------------------------------------------------- recorder vs theory level 2
 
 
@@ -133,8 +152,8 @@ def test_recorded_variances_match_level2(tmp_path):
     x, y, hess, sigma, mu = linear_problem([1.0, 0.7, 0.5, 0.4], weight_decay=lam)
     settings = record.RecordSettings(lr, beta, lam, batch, steps=50000, checkpoint_every=25000)
     _record_linear(tmp_path, x, y, mu, settings)
-    rec = record.load_record(tmp_path / "record.h5")
-    eig = pipeline.load_eigen(tmp_path / "eigen.h5", vectors=True)
+    rec = files.load_record(tmp_path / "record.h5")
+    eig = files.load_eigen(tmp_path / "eigen.h5", vectors=True)
     out = project.analyse(rec, eig, burn_in=0.02)
     # independent level 2 in the original coordinates, rotated onto the recorded directions
     p2 = theory.discrete_stationary_cov(
@@ -163,8 +182,8 @@ def test_rotation_sense_is_clockwise(tmp_path):
     x, y, _, _, mu = linear_problem([2.0, 1.0], n=500)
     settings = record.RecordSettings(lr, beta, 0.0, batch, steps=20000, checkpoint_every=20000)
     _record_linear(tmp_path, x, y, mu, settings)
-    out = project.analyse(record.load_record(tmp_path / "record.h5"),
-                          pipeline.load_eigen(tmp_path / "eigen.h5"), burn_in=0.05)
+    out = project.analyse(files.load_record(tmp_path / "record.h5"),
+                          files.load_eigen(tmp_path / "eigen.h5"), burn_in=0.05)
     for entry in out["directions"]:
         assert entry["rotation_sense"] == "clockwise"
         assert abs(-entry["rotation_peak"] / entry["freq_level2"] - 1) < 0.10
@@ -220,13 +239,13 @@ def test_killed_recorder_resumes_to_one_consistent_file(tmp_path, mode, kill_at)
     proc = subprocess.run([sys.executable, "-c", script, mode, str(kill_at), str(killed)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    partial = record.load_record(killed / "record.h5")
+    partial = files.load_record(killed / "record.h5")
     assert partial["attrs"]["last_step"] < 1200
     x, y, _, _, mu = linear_problem([1.0, 0.5, 0.25], n=300)
     info = run_child_problem(killed, x, y, mu)
     assert info["resumed_from"] == (600 if mode == "step" else 400)
     run_child_problem(clean, x, y, mu)
-    a, b = record.load_record(killed / "record.h5"), record.load_record(clean / "record.h5")
+    a, b = files.load_record(killed / "record.h5"), files.load_record(clean / "record.h5")
     np.testing.assert_array_equal(a["step"], np.arange(3, 1201, 3))
     for name in ("step", "theta_proj", "buf_proj", "dist2", "step_norm2", "loss"):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-12, atol=1e-15)
@@ -254,8 +273,9 @@ def test_idx_loader_reads_mnist_format(tmp_path):
 
 
 def test_package_and_cli_import_no_torch():
-    """`import fpsolver.net` and building the CLI parser never import torch."""
-    code = ("import sys, fpsolver.net, fpsolver.cli; fpsolver.cli.build_parser(); "
+    """`import fpsolver.net`, the comparison and the CLI parser never import torch."""
+    code = ("import sys, fpsolver.net, fpsolver.net.project, fpsolver.cli; "
+            "fpsolver.cli.build_parser(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
@@ -296,14 +316,14 @@ def test_resnet18_record_eigen_compare(tmp_path, capsys):
         assert (run / name).is_file(), name
     for name in FILES + ("summary.json",):
         assert (out / name).is_file(), name
-    rec = record.load_record(run / "record.h5")
+    rec = files.load_record(run / "record.h5")
     np.testing.assert_array_equal(rec["step"], np.arange(1, 25))
     # first update from a zero buffer: θ₁ − θ₀ = −η buf₁, so Δ(1) = η²‖buf₁‖²
     np.testing.assert_allclose(rec["dist2"][0], rec["step_norm2"][0], rtol=1e-4)
     # stored residuals are ‖Hu − hu‖/|h| (one more float32 HVP recomputes the top one)
     config = pipeline.open_config(run)
     data, model, _ = pipeline.prepare_reference(run, config)
-    eig = pipeline.load_eigen(run / "eigen.h5", vectors=True)
+    eig = files.load_eigen(run / "eigen.h5", vectors=True)
     batches = pipeline.fixed_batches(data.train, 16, 8, config.seed)
     op = hs.HessianOperator(model, pipeline.cross_entropy, batches)
     u = torch.from_numpy(eig["vectors"][0])

@@ -7,15 +7,16 @@ import torch; the submodules do, when a function needs them:
 - :mod:`~fpsolver.net.data`: data sets that need no download;
 - :mod:`~fpsolver.net.record`: continued SGD training recorded to HDF5 (resumable);
 - :mod:`~fpsolver.net.pipeline`: a run directory (config, reference network, eigen, record);
-- :mod:`~fpsolver.net.project`: per-direction comparison with theory levels 1 and 2
-  (numpy only; reads the files).
+- :mod:`~fpsolver.net.project`, :mod:`~fpsolver.net.figures`, :mod:`~fpsolver.net.files`:
+  comparison with theory levels 1 and 2, its figures, the file readers (no torch).
 """
 
 import importlib
 
 from ..errors import UserError
 
-SUBMODULES = ("hessian", "data", "record", "pipeline", "project", "figures")
+SUBMODULES = ("hessian", "data", "record", "pipeline", "project", "figures", "files")
+TORCH_FREE = ("project", "figures", "files")
 
 
 def require_torch():
@@ -30,7 +31,7 @@ def require_torch():
 def __getattr__(name):
     """Lazy submodule access: ``fpsolver.net.hessian`` imports torch only when touched."""
     if name in SUBMODULES:
-        if name not in ("project", "figures"):
+        if name not in TORCH_FREE:
             require_torch()
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

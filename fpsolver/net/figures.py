@@ -1,6 +1,6 @@
 """Paper-style figures of a compared network run (THEORY.md §11, F9); matplotlib only.
 
-Every function takes the recording (:func:`~fpsolver.net.record.load_record`) and the
+Every function takes the recording (:func:`~fpsolver.net.files.load_record`) and the
 summary of :func:`~fpsolver.net.project.analyse` and writes one PNG.
 """
 

@@ -20,10 +20,9 @@ from ..errors import UserError
 from ..io import atomic_replace, atomic_write_json
 from . import hessian as hs
 from .data import fixed_batches, load_images
+from .files import EIGEN_FORMAT, EIGEN_VERSION, load_eigen
 from .record import RecordSettings, record, train
 
-EIGEN_FORMAT = "fpsolver-net-eigen"
-EIGEN_VERSION = 1
 METHODS = ("lanczos", "subspace")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # keys that may change between invocations on one run directory
@@ -277,17 +276,6 @@ def save_eigen(path, out):
         f.attrs.update({key: val for key, val in out.items() if key not in arrays})
         for key in arrays:
             f.create_dataset(key, data=np.asarray(out[key]))
-
-
-def load_eigen(path, vectors=False):
-    """An eigen file as a dict of arrays and attributes (``vectors`` only when asked)."""
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != EIGEN_FORMAT:
-            raise UserError(f"{path} is not an {EIGEN_FORMAT} file")
-        out = {key: f[key][:] for key in f if vectors or key != "vectors"}
-        out.update({key: (val.item() if hasattr(val, "item") else val)
-                    for key, val in f.attrs.items()})
-    return out
 
 
 def record_run(run_dir, config, log=print, progress=None):

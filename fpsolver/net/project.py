@@ -21,6 +21,7 @@ from .. import theory
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..sgd import PhaseSpaceModel
+from .files import load_eigen, load_record
 
 N_BLOCKS = 20
 
@@ -104,7 +105,7 @@ def measured_rotation(x, v, dt):
 
 def analyse(rec, eig, burn_in=0.2, window=None):
     """The comparison as a JSON-able dict (see :func:`compare`); ``rec`` from
-    :func:`~fpsolver.net.record.load_record`, ``eig`` from :func:`~fpsolver.net.pipeline.load_eigen`.
+    :func:`~fpsolver.net.files.load_record`, ``eig`` from :func:`~fpsolver.net.files.load_eigen`.
 
     ``window``: (k1, k2) steps for the exponent fit, default (0.1·steps, steps).
     """
@@ -205,9 +206,6 @@ def compare(run_dir, out_dir, burn_in=0.2, window=None, figures=True):
 
     Returns the summary dict.
     """
-    from .pipeline import load_eigen  # noqa: PLC0415  (h5py only; no torch at import time)
-    from .record import load_record
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     for name in ("record.h5", "eigen.h5"):
         if not (run_dir / name).exists():

@@ -45,12 +45,10 @@ import torch
 from ..errors import UserError
 from ..io import atomic_replace
 from .data import get_batch
+from .files import RECORD_FORMAT as FORMAT, RECORD_VERSION as VERSION, SERIES as _SERIES
 from .hessian import flat, trainable
 
-FORMAT = "fpsolver-net-record"
-VERSION = 1
 BATCHES = ("iid", "reshuffle")
-_SERIES = ("theta_proj", "buf_proj", "dist2", "step_norm2", "theta_norm2", "loss")
 
 
 @dataclass(frozen=True)
@@ -257,18 +255,3 @@ def record(model, loss_fn, dataset, directions, path, checkpoint, settings, *, e
     ran = settings.steps - start
     return {"steps_run": ran, "resumed_from": start, "wall_time_s": wall,
             "seconds_per_step": wall / ran if ran else float("nan")}
-
-
-def load_record(path):
-    """The recording as a dict of numpy arrays plus ``attrs`` (dict); checks format/version."""
-    with h5py.File(path, "r") as f:
-        if f.attrs.get("format") != FORMAT:
-            raise UserError(f"{path} is not an {FORMAT} file")
-        if int(f.attrs["version"]) > VERSION:
-            raise UserError(f"{path} has format version {f.attrs['version']}; this fpsolver "
-                            f"reads up to {VERSION}")
-        out = {name: f[name][:] for name in ("step", "eigenvalues") + _SERIES}
-        attrs = {key: (val.item() if hasattr(val, "item") else val) for key, val in f.attrs.items()}
-    attrs["meta"] = json.loads(attrs.get("meta", "{}"))
-    out["attrs"] = attrs
-    return out
