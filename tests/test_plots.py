@@ -160,3 +160,21 @@ def test_convergence_order_and_reference():
     assert art["order"] == pytest.approx(2.0, abs=1e-12)
     np.testing.assert_allclose(art["reference"].get_ydata(), errors, rtol=1e-12)
     np.testing.assert_array_equal(art["data"].get_ydata(), errors)
+
+
+def test_every_docs_figure_is_made_by_the_figure_script():
+    """No figure in docs/ without the script that makes it: every figures/NAME used by a
+    page is written by docs/make_figures.py, and every file in docs/figures/ is used."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    used = set()
+    for page in docs.rglob("*.rst"):
+        used |= set(re.findall(r"figures/([\w.-]+\.(?:png|gif))", page.read_text()))
+    script = (docs / "make_figures.py").read_text()
+    made = set(re.findall(r'_save\(fig, "([\w.-]+)"\)', script))
+    made |= set(re.findall(r'OUT / "([\w.-]+)"', script))
+    assert used and used <= made
+    assert {p.name for p in (docs / "figures").iterdir()} <= made
+    assert made <= used | {p.name for p in (docs / "figures").iterdir()}
