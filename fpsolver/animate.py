@@ -241,15 +241,14 @@ class _Renderer:
         self.movie = movie
         self.fig, self.main, top, right, label = _figure(size, dpi)
         m = movie
-        hx, hy = m.x[1] - m.x[0], m.y[1] - m.y[0]
-        self.mx = m.density.sum(axis=2) * hy
-        self.my = m.density.sum(axis=1) * hx
+        self.mx, self.my = (np.array([plots.marginal(p, (m.x, m.y), k) for p in m.density])
+                            for k in (0, 1))
         self.fine_x = np.linspace(m.x[0], m.x[-1], 200)
         self.fine_y = np.linspace(m.y[0], m.y[-1], 200)
         (self.line_x,) = top.plot(m.x, self.mx[0], color="tab:blue", lw=1.5)
-        (self.exact_x,) = top.plot(self.fine_x, self.fine_x * 0, "k--", lw=0.8)
+        (self.exact_x,) = top.plot(self.fine_x, np.zeros_like(self.fine_x), "k--", lw=0.8)
         (self.line_y,) = right.plot(self.my[0], m.y, color="tab:blue", lw=1.5)
-        (self.exact_y,) = right.plot(self.fine_y * 0, self.fine_y, "k--", lw=0.8)
+        (self.exact_y,) = right.plot(np.zeros_like(self.fine_y), self.fine_y, "k--", lw=0.8)
         top.set_ylim(0, 1.05 * self.mx.max())
         right.set_xlim(0, 1.05 * self.my.max())
         self.text = label.text(0.05, 0.5, "", fontsize=10, va="center", family="monospace")

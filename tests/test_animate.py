@@ -7,7 +7,6 @@ from PIL import Image
 from fpsolver import animate, theory
 from fpsolver.case import default_case
 from fpsolver.cli import main
-from fpsolver.errors import UserError
 from fpsolver.sgd import build_model
 
 
@@ -179,3 +178,19 @@ def test_4d_solver_plane_marginal_in_axis_order():
     np.testing.assert_allclose(movie.density.sum(axis=(1, 2)) * cell, 1.0, atol=1e-12)
     off = np.abs(movie.centroids() - movie.exact_mean) / movie.scale
     assert off.max() < 0.2
+
+
+def test_output_format_falls_back_to_gif_without_ffmpeg(monkeypatch, tmp_path):
+    monkeypatch.setattr(animate, "ffmpeg_available", lambda: False)
+    assert animate.output_format(tmp_path / "a.mp4") == (tmp_path / "a.gif", "pillow")
+    assert animate.output_format(tmp_path / "a.GIF") == (tmp_path / "a.gif", "pillow")
+    monkeypatch.setattr(animate, "ffmpeg_available", lambda: True)
+    assert animate.output_format(tmp_path / "a.mp4") == (tmp_path / "a.mp4", "ffmpeg")
+    assert animate.output_format(tmp_path / "a.gif") == (tmp_path / "a.gif", "pillow")
+    with pytest.raises(animate.UserError, match="even width"):
+        from fpsolver.cli import build_parser
+        from fpsolver.commands.animate import check_options
+
+        args = build_parser().parse_args(["animate", "--out", str(tmp_path / "a.mp4"),
+                                          "--size", "321x240"])
+        check_options(args, 1)

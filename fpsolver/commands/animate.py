@@ -61,8 +61,11 @@ def check_options(args, dim):
         raise UserError(f"--t-final must be > 0, got {args.t_final}")
     if args.cells is not None and args.cells < 8:
         raise UserError(f"--cells must be >= 8, got {args.cells}")
-    output_format(args.out)
-    return parse_plane(args.plane, dim), _size(args.size)
+    path, writer = output_format(args.out)
+    size = _size(args.size)
+    if writer == "ffmpeg" and (size[0] % 2 or size[1] % 2):
+        raise UserError(f"--size must have even width and height for MP4 (H.264), got {args.size!r}")
+    return parse_plane(args.plane, dim), size
 
 
 def run(args):
