@@ -249,6 +249,7 @@ def phase_portrait_3d(steps, theta, v, mean, cov, ax=None, max_chains=8, n_bands
               for c in range(min(max_chains, len(theta)))]
     (mean_line,) = ax.plot(mean[:, 0], steps, mean[:, 1], "k-", lw=2, label="OU mean")
     picks = np.unique(np.linspace(0, len(steps) - 1, n_bands).round().astype(int))
+    picks = picks[np.linalg.det(cov[picks]) > 0]  # no ellipse for a point (e.g. the start)
     band = []
     for i in picks:
         ell = band_ellipse(mean[i], cov[i])

@@ -134,6 +134,10 @@ def test_phase_portrait_band_is_95_percent_ellipse(rng):
         d2 = np.einsum("ni,ij,nj->n", y, np.linalg.inv(cov[i]), y)
         np.testing.assert_allclose(d2, chi2.ppf(0.95, 2), rtol=1e-12)
         assert np.all(bk == i)
+    point_start = cov.copy()
+    point_start[0] = 0.0  # a chain started at a point has no band at k = 0
+    art = plots.phase_portrait_3d(np.arange(3), theta, v, mean, point_start, n_bands=3)
+    np.testing.assert_array_equal(art["band_steps"], [1, 2])
     n = 20_000
     pts = rng.multivariate_normal(mean[1], cov[1], size=n)
     frac = plots.fraction_in_band(pts, mean[1], cov[1])
