@@ -434,6 +434,15 @@ def test_cli_rejects_bad_input(tmp_path, argv, match):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_out_must_be_a_folder(tmp_path):
+    case = tmp_path / "lr.toml"
+    case.write_text(LR_CASE)
+    (tmp_path / "file").write_text("")
+    out = _cli(str(case), "--out", str(tmp_path / "file"))
+    assert out.returncode == 2 and "--out" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_cli_quadratic_has_no_exact_level(tmp_path):
     case = tmp_path / "q.toml"
     case.write_text('[sgd]\nlr = 0.05\nmomentum = 0.9\nbatch_size = 8\n'
