@@ -210,7 +210,7 @@ def test_iid_minibatches_match_level3(name):
     exact = theory.exact_stationary_cov(model, "recorded")
     z3 = sim.z_scores(res.cov, res.cov_se, exact)
     assert np.max(np.abs(z3)) < Z, z3
-    assert np.max(res.cov_se / np.abs(np.diag(res.cov)).max()) < 0.01  # enough power
+    assert res.cov_se.max() < 0.01 * np.diag(res.cov).max()  # power: SE < 1 % of the scale
     level1 = theory.stationary_cov(model)
     var_mid, se_mid = np.diag(res.cov_midpoint), np.diag(res.cov_midpoint_se)
     rel = var_mid / np.diag(level1) - 1
@@ -266,16 +266,17 @@ def test_step_displacement():
 
 
 def test_standard_errors_are_honest():
-    """The chain-spread SE equals the scatter of independent replicate estimates: 24 runs,
-    ratio std(replicates)/mean(SE) within ±45 % of 1 (3σ for a 23-dof chi: ±15 % each)."""
+    """The chain-spread SE equals the scatter of independent replicate estimates: 100 runs,
+    ratio std(replicates)/mean(SE) within ±30 % of 1 (> 4σ: a 99-dof chi scatters ±7 %).
+    An SE that ignored the correlation of steps within a chain would be ~3x too small."""
     model = PhaseSpaceModel.from_arrays(np.diag([0.5, 0.2]), np.eye(2), 0.1, 0.8, 0.0, 1)
     est, ses = [], []
-    for seed in range(24):
+    for seed in range(100):
         r = sim.simulate_sgd(model, 64, 400, seed=100 + seed, trajectory=(0, 0), delta_steps=0)
         est.append(r.cov.ravel())
         ses.append(r.cov_se.ravel())
     ratio = np.std(est, axis=0, ddof=1) / np.mean(ses, axis=0)
-    assert np.all(np.abs(ratio - 1) < 0.45), ratio
+    assert np.all(np.abs(ratio - 1) < 0.3), ratio
 
 
 # ----------------------------------------------------------------- transients, batches
