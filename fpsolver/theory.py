@@ -91,14 +91,14 @@ def gaussian_cell_averages(mean, cov, edges, order=None):
         sl = slice(i0 * order, (i0 + 1) * order)
         axes = [points[0][sl]] + points[1:]
         grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-        quad = sum(prec[a, b] * grids[a] * grids[b] for a in range(n) for b in range(n))
-        with np.errstate(under="ignore"):
-            dens = np.exp(log_norm - 0.5 * quad)
         w = np.ones(1)
-        for a, wa in enumerate([wts[0][sl]] + wts[1:]):
+        for wa in [wts[0][sl]] + wts[1:]:
             w = np.multiply.outer(w, wa)
-        vals = (dens * w[0]).reshape(sum(((s, order) for s in (1,) + shape[1:]), ()))
-        out[i0] = vals.sum(axis=tuple(range(1, 2 * n, 2)))[0]
+        with np.errstate(under="ignore"):  # far-tail densities flush to zero
+            quad = sum(prec[a, b] * grids[a] * grids[b] for a in range(n) for b in range(n))
+            vals = (np.exp(log_norm - 0.5 * quad) * w[0]).reshape(
+                sum(((s, order) for s in (1,) + shape[1:]), ()))
+            out[i0] = vals.sum(axis=tuple(range(1, 2 * n, 2)))[0]
     return out
 
 
