@@ -415,21 +415,26 @@ def case_to_dict(case):
     return clean(case)
 
 
-def load_case(path):
-    """Read, parse and validate a TOML case file (the model is built once to check it)."""
-    from .sgd import build_model
-
+def read_toml(path, what="case file"):
+    """The dictionary of a TOML file, ``name`` defaulting to the file's stem; one-line errors."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
-        raise CaseError(f"cannot read case file {path}: {exc.strerror}") from None
+        raise CaseError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CaseError(f"{path} is not valid TOML: {exc}") from None
     data.setdefault("name", path.stem)
-    case = case_from_dict(data)
+    return data
+
+
+def load_case(path):
+    """Read, parse and validate a TOML case file (the model is built once to check it)."""
+    from .sgd import build_model
+
+    case = case_from_dict(read_toml(path))
     build_model(case)
     return case
 

@@ -63,7 +63,6 @@ import itertools
 import json
 import math
 import time
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,7 +70,7 @@ import numpy as np
 
 from . import __version__
 from .case import (case_from_dict, case_to_dict, check_scalar, check_table, load_case, number,
-                   one_of, positive, take_keys)
+                   one_of, positive, read_toml, take_keys)
 from .errors import CaseError, UserError
 from .io import atomic_replace, atomic_write_json, to_json
 
@@ -329,16 +328,7 @@ def _check_consistency(sweep):
 def load_sweep(path):
     """Read and validate a sweep file (TOML); the base case path is relative to it."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CaseError(f"cannot read sweep file {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise CaseError(f"{path} is not valid TOML: {exc}") from None
-    data.setdefault("name", path.stem)
-    return sweep_from_dict(data, path.parent)
+    return sweep_from_dict(read_toml(path, "sweep file"), path.parent)
 
 
 # --------------------------------------------------------------------------- points

@@ -288,7 +288,7 @@ def test_diffusion_curve_continuous_matches_per_mode_formula(model13):
     u = model13.hessian_eigenvectors
     a = u.T @ (theta0 - model13.mu)
     k = np.array([1, 10, 100, 1000])
-    g, m = model13.gamma, model13.mass
+    g = model13.gamma
     h, lam = model13.hessian_eigenvalues, model13.hyper.weight_decay
     w = model13.omega
     f = np.sqrt(w ** 2 - g ** 2)
