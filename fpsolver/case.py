@@ -24,20 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CaseError
+from .sgd import Hyperparameters
 
 NOISE_MODELS = ("proportional", "isotropic", "matrix", "exact")
 SCHEMES = ("auto", "explicit", "implicit")
 BATCH_SAMPLING = ("iid", "reshuffle")
-
-
-@dataclass(frozen=True)
-class SGDConfig:
-    """SGD hyperparameters: learning rate η, momentum β, weight decay λ, batch size S."""
-
-    lr: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +121,7 @@ class Case:
     """A whole case; ``dim`` is d, the number of parameters (phase space has 2d axes)."""
 
     name: str
-    sgd: SGDConfig
+    sgd: Hyperparameters
     loss: LossConfig
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     grid: GridConfig = field(default_factory=GridConfig)
@@ -271,13 +262,7 @@ def _bounds(value, key):
 def _parse_sgd(data):
     spec = {"lr": positive(float), "momentum": number(float),
             "weight_decay": positive(float, allow_zero=True), "batch_size": number(int)}
-    values = take_keys(check_table(data, "sgd"), "sgd", spec, required=("lr",))
-    momentum = values.get("momentum", 0.0)
-    if not 0.0 <= momentum < 1.0:
-        raise CaseError(f"sgd.momentum must be in [0, 1), got {momentum}")
-    if values.get("batch_size", 1) < 1:
-        raise CaseError(f"sgd.batch_size must be >= 1, got {values['batch_size']}")
-    return SGDConfig(**values)
+    return Hyperparameters(**take_keys(check_table(data, "sgd"), "sgd", spec, required=("lr",)))
 
 
 def _parse_linear_regression(data):

@@ -272,17 +272,16 @@ def _fitted_sigma2(noise_cov, hessian):
 
 def build_model(case):
     """The :class:`PhaseSpaceModel` of a :class:`~fpsolver.case.Case` (validates it)."""
-    s = case.sgd
-    hyper = Hyperparameters(s.lr, s.momentum, s.weight_decay, s.batch_size)
+    hyper = case.sgd
     data = None
     if case.loss.linear_regression is not None:
         data = generate_linear_regression(case.loss.linear_regression)
         hessian = data.hessian
-        mu = data.minimum(s.weight_decay)
+        mu = data.minimum(hyper.weight_decay)
         exact_sigma = data.gradient_covariance(mu)
     else:
         hessian = np.array(case.loss.hessian, dtype=float)
-        mu = _quadratic_minimum(hessian, s.weight_decay, case.loss.minimum)
+        mu = _quadratic_minimum(hessian, hyper.weight_decay, case.loss.minimum)
         exact_sigma = None
     noise = case.noise
     d = len(hessian)

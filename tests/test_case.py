@@ -67,7 +67,7 @@ def test_cases_are_frozen():
     ("sgd.lr", "fast", "sgd.lr must be a number, got str"),
     ("sgd.momentum", 1.0, "sgd.momentum must be in [0, 1)"),
     ("sgd.momentum", -0.1, "sgd.momentum must be in [0, 1)"),
-    ("sgd.batch_size", 0, "sgd.batch_size must be >= 1"),
+    ("sgd.batch_size", 0, "sgd.batch_size must be an integer >= 1"),
     ("sgd.batch_size", 2.5, "sgd.batch_size must be an integer"),
     ("sgd.nesterov", True, "unknown key sgd.nesterov"),
     ("sgd.lr", None, "missing required key sgd.lr"),
