@@ -452,7 +452,8 @@ class SimulationResult:
     (the one-step displacement E‖θ_{k+1} − θ_k‖²) and ``buf_sq_se``. ``delta`` (K+1,):
     E‖θ_k − θ₀‖² for k = 0..K (``delta_k``), ``delta_se`` its SE. ``trajectory``
     (n, L+1, 2d): chains 0..n−1, entry k = (θ_k, −buf_k) for k = 0..L. ``samples``: recorded
-    pairs per chain.
+    pairs per chain. ``noise``: "minibatch" (then ``batches`` is "iid" or "reshuffle") or
+    "gaussian" (``batches`` None).
     """
 
     chains: int
@@ -573,7 +574,8 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
     ``record_every`` updates after burn-in.
     ``delta_steps``: Δ(k) for k ≤ this (default min(total, 10000)). ``trajectory``:
     (chains, steps) kept for plots. ``parallel`` None: threads when chains·steps ≥
-    PARALLEL_MIN_CHAIN_STEPS. Returns a :class:`SimulationResult`; raises
+    PARALLEL_MIN_CHAIN_STEPS. Memory: per-chain moment sums, 16·chains·(2d)² bytes plus
+    temporaries of the same size. Returns a :class:`SimulationResult`; raises
     :class:`~fpsolver.errors.SolverError` if the chains diverge.
     """
     chains, steps, burn_in, seed, record_every, theta0, use_data, delta_steps, traj = \
@@ -640,7 +642,7 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
         var = np.clip(delta_sq - chains * delta ** 2, 0, None) / max(chains - 1, 1)
     return SimulationResult(
         chains=chains, steps=steps, burn_in=burn_in, record_every=record_every, seed=seed,
-        batches=batches if use_data else "gaussian", noise="minibatch" if use_data else "gaussian",
+        batches=batches if use_data else None, noise="minibatch" if use_data else "gaussian",
         theta0=theta0, samples=samples, **stats,
         delta_k=np.arange(delta_steps + 1), delta=delta, delta_se=np.sqrt(var / chains),
         trajectory=trajectory, wall_time_s=time.perf_counter() - start)
