@@ -19,7 +19,7 @@ def add_parser(subparsers):
     add_case_argument(p)
     p.add_argument("--out", required=True, help="output folder (summary.json, diffusion.npz)")
     p.add_argument("--chains", type=int, help="independent chains (default: [simulate] chains)")
-    p.add_argument("--steps", type=int, help="recorded updates per chain after burn-in")
+    p.add_argument("--steps", type=int, help="updates per chain after burn-in (default: [simulate] steps)")
     p.add_argument("--burn-in", type=int, dest="burn_in",
                    help="updates discarded first (default ≈ 10 covariance relaxation times)")
     p.add_argument("--seed", type=int, help="random seed")
