@@ -305,6 +305,7 @@ def test_resnet18_record_eigen_compare(tmp_path, capsys):
 
     run, out = tmp_path / "run", tmp_path / "report"
     tiny = ["--preset", "demo", "--data", "digits", "--image-size", "8", "--pretrain-steps", "10",
+            "--settle-steps", "4",
             "--steps", "24", "--batch-size", "8", "--checkpoint-every", "12", "--k", "2",
             "--eigen-budget", "4", "--hessian-subset", "16", "--hessian-batch", "8",
             "--noise-subset", "4", "--trace-probes", "1", "--lr", "1e-4"]

@@ -23,6 +23,7 @@ _FIELDS = {
     "pretrain_steps": (int, "steps of plain training from scratch before recording"),
     "pretrain_lr": (float, "learning rate of the pretraining"),
     "pretrain_batch_size": (int, "batch size of the pretraining"),
+    "settle_steps": (int, "unrecorded steps of the recorded SGD before θ_ref (burn-in)"),
     "lr": (float, "η of the recorded SGD"),
     "momentum": (float, "β"),
     "weight_decay": (float, "λ"),

@@ -35,7 +35,10 @@ class NetConfig:
     """Everything that defines a network run (defaults: the paper's protocol, THEORY.md §10).
 
     Units: steps, examples, pixels. ``init``: a state-dict file of an already trained model
-    (else the network is trained from scratch for ``pretrain_steps`` first). ``bn_mode``
+    (else the network is trained from scratch for ``pretrain_steps`` first); with
+    ``bn_mode = eval`` the BatchNorm statistics are then recalibrated on the Hessian subset;
+    ``settle_steps`` of the recorded SGD itself (same η, β, λ, S, BatchNorm mode, i.i.d.
+    batches) bring θ_ref close to the stationary regime the theory describes. ``bn_mode``
     applies to the Hessian, the noise estimate and the recorded SGD alike: ``eval`` freezes
     BatchNorm at its running statistics (the loss is then one fixed function of θ, as the
     theory assumes); ``train`` uses batch statistics as the paper did (noise then comes from
@@ -49,6 +52,7 @@ class NetConfig:
     pretrain_steps: int = 2000
     pretrain_lr: float = 0.05
     pretrain_batch_size: int = 128
+    settle_steps: int = 500
     lr: float = 1e-4
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -77,7 +81,7 @@ class NetConfig:
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("pretrain_steps", "trace_probes", "k_final"):
+        for key in ("pretrain_steps", "settle_steps", "trace_probes", "k_final"):
             if getattr(self, key) < 0:
                 raise UserError(f"{key} must be >= 0, got {getattr(self, key)!r}")
         choices = {"eigen_method": METHODS, "bn_mode": hs.BN_MODES, "hessian_dtype": tuple(DTYPES),
@@ -108,7 +112,8 @@ class NetConfig:
 
 def demo_config(**overrides):
     """The built-in small CPU configuration (a few minutes on 2 cores)."""
-    base = NetConfig(image_size=16, pretrain_steps=300, pretrain_lr=0.05, pretrain_batch_size=32,
+    base = NetConfig(image_size=16, pretrain_steps=200, pretrain_lr=0.05, pretrain_batch_size=32,
+                     settle_steps=300,
                      lr=0.01, momentum=0.9, weight_decay=1e-4, batch_size=16, steps=1000,
                      record_every=1, checkpoint_every=250, k=5, eigen_budget=30, eigen_tol=1e-3,
                      hessian_subset=256, hessian_batch=64, noise_subset=128, trace_probes=4,
@@ -189,9 +194,39 @@ def prepare_reference(run_dir, config, log=print):
         loss = train(model, cross_entropy, data.train, config.pretrain_steps, config.pretrain_lr,
                      0.9, config.weight_decay, config.pretrain_batch_size, config.seed, device)
         info = {"source": "pretrain", "final_loss": loss, "seconds": time.perf_counter() - t0}
+    if config.bn_mode == "eval":
+        recalibrate_batchnorm(model, data.train, config.hessian_subset, config.hessian_batch,
+                              config.seed, device)
+    if config.settle_steps:
+        log(f"settling for {config.settle_steps} steps of the recorded SGD (BatchNorm "
+            f"{config.bn_mode})")
+        info["settle_loss"] = train(model, cross_entropy, data.train, config.settle_steps,
+                                    config.lr, config.momentum, config.weight_decay,
+                                    config.batch_size, config.seed + 1, device, batches="iid",
+                                    train_mode=config.bn_mode == "train")
     with atomic_replace(ref) as tmp:
         torch.save({"model": model.state_dict(), "info": info}, tmp)
     return data, model, device
+
+
+def recalibrate_batchnorm(model, dataset, n, batch_size, seed, device):
+    """Set BatchNorm running statistics to exact averages over ``n`` training examples
+    (train-mode forward passes, no gradient), so the frozen (eval-mode) network matches
+    what it was trained as. Other state is untouched."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    model.train()
+    with torch.no_grad():
+        for x, _ in fixed_batches(dataset, n, batch_size, seed, device):
+            model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
 
 
 def compute_eigen(run_dir, config, at="reference", log=print):

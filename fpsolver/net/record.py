@@ -112,14 +112,14 @@ def sgd_step(model, optimizer, loss_fn, dataset, idx, device, train_mode=True):
 
 
 def train(model, loss_fn, dataset, steps, lr, momentum=0.9, weight_decay=0.0, batch_size=32,
-          seed=0, device="cpu", progress=None):
-    """Plain training (reshuffled epochs), e.g. to converge a network before recording;
+          seed=0, device="cpu", progress=None, batches="reshuffle", train_mode=True):
+    """Unrecorded training (a fresh optimiser), e.g. to converge a network before recording;
     returns the mean mini-batch loss of the last 10 % of updates."""
     optimizer = make_optimizer(model, lr, momentum, weight_decay)
     losses = []
     for step in range(1, steps + 1):
-        idx = batch_indices(len(dataset), batch_size, step, seed, "reshuffle")
-        losses.append(sgd_step(model, optimizer, loss_fn, dataset, idx, device))
+        idx = batch_indices(len(dataset), batch_size, step, seed, batches)
+        losses.append(sgd_step(model, optimizer, loss_fn, dataset, idx, device, train_mode))
         if progress:
             progress(step, steps)
         if not np.isfinite(losses[-1]):
