@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fpsolver.fv import FPOperator, hybrid_weight, jacobian_matrix, kernels, reference
+from fpsolver.fv import FPOperator, jacobian_matrix, kernels, reference
 from fpsolver.grid import uniform_grid
 
 
@@ -63,22 +63,13 @@ def test_probed_matrix_is_the_kernel_jacobian(make, rng):
 
 
 def test_forward_euler_at_the_rate_bound_keeps_densities_nonnegative(rng):
-    """Diagonal D: MUSCL face values between neighbours + M-matrix hybrid flux ⇒ positive."""
+    """Diagonal D: MUSCL face values between neighbours + central diffusion ⇒ positive."""
     op = _operator_4d(d12=0.0)
     dt = 1.0 / op.max_rate()
     for _ in range(5):
         p = rng.random(op.size) ** 6  # rough, with near-zero cells
         q = p + dt * op.rate(p)
         assert q.min() >= -1e-15 * p.max()
-
-
-def test_hybrid_weights_are_consistent_central_and_nonnegative():
-    pe = np.linspace(-6, 6, 241)
-    c, cm = hybrid_weight(pe), hybrid_weight(-pe)
-    np.testing.assert_allclose(c - cm, pe, rtol=0, atol=1e-14)  # drift flux b·p exactly
-    assert c.min() >= 0 and cm.min() >= 0
-    inner = np.abs(pe) <= 2
-    np.testing.assert_allclose(c[inner], 1 + pe[inner] / 2, rtol=1e-15)  # central
 
 
 def test_current_is_the_mean_of_face_fluxes_and_walls_carry_none(rng):

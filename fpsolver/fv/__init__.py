@@ -1,6 +1,6 @@
 """Finite-volume Fokker-Planck operator: numba kernels, numpy twins, sparse assembly."""
 
 from .assemble import jacobian_matrix
-from .operator import FPOperator, hybrid_weight
+from .operator import FPOperator
 
-__all__ = ["FPOperator", "hybrid_weight", "jacobian_matrix"]
+__all__ = ["FPOperator", "jacobian_matrix"]

@@ -4,15 +4,13 @@ One kernel serves every dimension: arrays are flat (C order) with per-axis ``sha
 ``strides`` (in elements), so the 2-D (d = 1) and 4-D (d = 2) operators share the face
 fluxes below; :mod:`fpsolver.fv.reference` holds the plain-numpy twin of each kernel.
 
-Face coefficients are stored per cell for the cell's *right* face along each axis (the
-last cell's right face is a wall and carries 0), so every coefficient array has the cell
-layout. ``kind[k]`` selects the flux on axis k:
-
-* 0, advective (θ axes, no diffusion): ``coef[row[k]]`` = face velocity u; MUSCL with the
-  van Leer limiter, F = u⁺(w_L + σ_L/2) + u⁻(w_R + σ_R/2), σ the limited slope towards the
-  face from the upstream cell, 0 next to a wall.
-* 1, drift-diffusion (v axes): ``coef[row[k]]`` = c_l, ``coef[row[k]+1]`` = c_r,
-  F = c_l w_L − c_r w_R, plus the cross-diffusion −Σ_b D_kb ∂_b w (``cross``).
+``vel[k, c]`` is the drift velocity b_k on the *right* face of cell c along axis k (the
+last cell's right face is a wall and is never used), so it has the cell layout. The flux
+through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R + σ_R/2) + (D_kk/h_k)(w_L − w_R)
+− Σ_b D_kb ∂_b w: MUSCL advection with the van Leer limiter (σ the limited slope towards
+the face in the upstream cell, 0 next to a wall), central diffusion (``dif[k]`` = D_kk/h_k,
+0 on θ axes) and the cross-diffusion ``cross`` (off-diagonal D) on the diagonal stencil
+matching its sign.
 
 ``jac`` = False evaluates the nonlinear scheme on ``w`` (``p`` unused); ``jac`` = True
 applies its Jacobian at ``p`` to ``w``. The van Leer slope s(a, b) = 2ab/(a + b) is
@@ -51,23 +49,21 @@ def _slope(pu, p0, pd, wu, w0, wd, jac):
 
 
 @helper
-def _face_flux(k, c, ik, p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
+def _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif, cross, inv_h):
     """Flux through the right face (along axis k) of flat cell c with axis-k index ik."""
     st = strides[k]
     r = c + st
-    n = shape[k]
-    if kind[k] == 0:
-        u = coef[row[k], c]
-        if u >= 0.0:
-            s = 0.0
-            if ik >= 1:
-                s = _slope(p[c - st], p[c], p[r], w[c - st], w[c], w[r], jac)
-            return u * (w[c] + 0.5 * s)
-        s = 0.0
-        if ik + 2 <= n - 1:
+    u = vel[k, c]
+    s = 0.0
+    if u >= 0.0:
+        if ik >= 1:
+            s = _slope(p[c - st], p[c], p[r], w[c - st], w[c], w[r], jac)
+        f = u * (w[c] + 0.5 * s)
+    else:
+        if ik + 2 <= shape[k] - 1:
             s = _slope(p[r + st], p[r], p[c], w[r + st], w[r], w[c], jac)
-        return u * (w[r] + 0.5 * s)
-    f = coef[row[k], c] * w[c] - coef[row[k] + 1, c] * w[r]
+        f = u * (w[r] + 0.5 * s)
+    f += dif[k] * (w[c] - w[r])
     for b in range(len(shape)):
         d = cross[k, b]
         if d != 0.0:
@@ -89,29 +85,29 @@ def _face_flux(k, c, ik, p, w, jac, shape, strides, kind, row, coef, cross, inv_
 
 
 @kernel
-def rate_kernel(p, w, jac, shape, strides, kind, row, coef, cross, inv_h, out):
+def rate_kernel(p, w, jac, shape, strides, vel, dif, cross, inv_h, out):
     """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w."""
     for c in prange(w.size):
         acc = 0.0
         for k in range(len(shape)):
             ik = (c // strides[k]) % shape[k]
             if ik < shape[k] - 1:
-                acc -= _face_flux(k, c, ik, p, w, jac, shape, strides, kind, row, coef,
+                acc -= _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif,
                                   cross, inv_h) * inv_h[k]
             if ik > 0:
-                acc += _face_flux(k, c - strides[k], ik - 1, p, w, jac, shape, strides, kind,
-                                  row, coef, cross, inv_h) * inv_h[k]
+                acc += _face_flux(k, c - strides[k], ik - 1, p, w, jac, shape, strides, vel,
+                                  dif, cross, inv_h) * inv_h[k]
         out[c] = acc
 
 
 @kernel
-def face_flux_kernel(p, w, jac, shape, strides, kind, row, coef, cross, inv_h, out):
+def face_flux_kernel(p, w, jac, shape, strides, vel, dif, cross, inv_h, out):
     """out[k, c] = flux of w through the right face of cell c along axis k (0 at walls)."""
     for c in prange(w.size):
         for k in range(len(shape)):
             ik = (c // strides[k]) % shape[k]
             if ik < shape[k] - 1:
-                out[k, c] = _face_flux(k, c, ik, p, w, jac, shape, strides, kind, row, coef,
+                out[k, c] = _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif,
                                        cross, inv_h)
             else:
                 out[k, c] = 0.0

@@ -3,24 +3,26 @@
 Scheme (conservative, zero-flux walls, cell averages p on a uniform grid), for
 ∂_t p = −∇·J, J = b(z)p − D∇p with b(z) = −A(z − z_μ) and D nonzero only in the vv block:
 
-* θ axes (D_θθ = 0, pure advection by the face velocity b_θ = v): MUSCL reconstruction
-  with the van Leer limiter. Second order where the density is smooth and monotone; face
-  values stay between neighbouring cell averages, so forward Euler is positive for
-  dt·Σ 2|u|/h ≤ 1 and the SSP Runge-Kutta steps inherit it.
-* v axes: hybrid central/upwind drift-diffusion flux (Spalding) in the cell Péclet number
-  Pe = b h/D: F = (D/h)[c(Pe) p_L − c(−Pe) p_R] with c(Pe) = max(1 + Pe/2, Pe, 0). For
-  |Pe| ≤ 2 it is the central flux (second order, no artificial diffusion); beyond, it is
-  upwind, the least added diffusion that keeps both weights ≥ 0. The matrix is thus an
-  M-matrix for every Pe (positive). Scharfetter-Gummel (exponential fitting) is also an
-  M-matrix, but it adds b²h²/(12D) everywhere: on the default case it raised the 128²
-  stationary L1 error from 1.7e-3 to 2.4e-3 and the current error 2-fold. On the grids
-  used here |Pe| > 2 only in the far tails, where the density is < 1e-8 of its maximum.
+* advection b_k p on every axis (θ axes: b_θ = v, no diffusion; v axes: the drift
+  −(K/m)(θ−μ) − ((1−β)/m)v): MUSCL reconstruction with the van Leer limiter, upwinded.
+  Second order where the density is smooth and monotone along the axis; face values stay
+  between neighbouring cell averages (TVD), so it is positive.
+* diffusion D_kk ∂_k p on v axes: central, (D_kk/h)(p_L − p_R): second order, M-matrix.
 * off-diagonal D_vv (non-commuting noise, d = 2): −D_ab ∂_b p on the a faces, differenced
   along the diagonal that matches the sign of D_ab (second order; the "positive" stencil).
-  Its axial couplings −|D_ab|/(h_a h_b) are negative; they are dominated by the axial
-  weights (D_aa/h_a²)c(±Pe) near the centre, but in the far tails, where c(±Pe) is small,
-  they are not, so the scheme is no longer an M-matrix there and the density may undershoot
-  by a tiny amount relative to its maximum. Diagonal D keeps the scheme positive.
+  Its axial couplings −|D_ab|/(h_a h_b) are negative and are not always dominated by the
+  central diffusion D_aa/h_a², so the scheme is then no longer positive: the density can
+  undershoot by a small amount relative to its maximum (4-D non-commuting case: −2.7e-7 at
+  24⁴, −1.6e-7 at 32⁴). Diagonal D keeps it positive (forward Euler below the rate bound).
+
+Why MUSCL also for the v drift: the alternatives with a linear (M-matrix) v flux,
+Scharfetter-Gummel and the hybrid central/upwind flux, turn into first-order upwind
+where the cell Péclet number |b|h/D exceeds 2. On 2-D grids ≥ 128² that happens only in
+the far tails (hybrid: L1 1.7e-3 at 128², order 1.93-1.96; SG: 2.4e-3), but on the 4-D
+grids h is σ/2 and most of the mass sits at |Pe| > 2: hybrid gave an observed L1 order of
+1.4 over 24⁴ → 32⁴, MUSCL 2.07. MUSCL also gives the smaller 2-D error (1.3e-3 at 128²,
+orders 2.4 and 2.3 over 64² → 128² → 256²). The price is a time step limited by
+2|b_v|/h_v + 2D/h_v² as well.
 
 The probability current is built from the same face fluxes (average of a cell's two
 faces), so ∇·J of the scheme is exactly the update.
@@ -31,11 +33,6 @@ import numpy as np
 from ..errors import SolverError
 from . import kernels
 from .policy import threads_for
-
-
-def hybrid_weight(pe):
-    """c(Pe) = max(1 + Pe/2, Pe, 0): left weight of the hybrid flux (right: c(−Pe))."""
-    return np.maximum(np.maximum(1.0 + pe / 2.0, pe), 0.0)
 
 
 class FPOperator:
@@ -63,40 +60,27 @@ class FPOperator:
         self.shape = grid.shape
         self.size = int(np.prod(self.shape))
         h = grid.spacing
-        self.kind = np.array([0] * d + [1] * d, dtype=np.int64)
-        self.row = np.array(list(range(d)) + [d + 2 * i for i in range(d)], dtype=np.int64)
         self.strides = np.array([int(np.prod(self.shape[k + 1:])) for k in range(n)],
                                 dtype=np.int64)
         self.inv_h = 1.0 / h
+        self.dif = np.diag(diffusion) / h
         self.cross = diffusion.copy()
         self.cross[np.diag_indices(n)] = 0.0
-        coef = np.zeros((3 * d,) + self.shape)
-        centers = grid.centers
+        vel = np.empty((n,) + self.shape)
         for k in range(n):
-            axes = [c - m for c, m in zip(centers, mean)]
+            axes = [c - m for c, m in zip(grid.centers, mean)]
             axes[k] = axes[k] + h[k] / 2
             grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-            b = -sum(drift[k, l] * grids[l] for l in range(n))
-            b = np.broadcast_to(b, self.shape).copy()
-            np.moveaxis(b, k, 0)[-1] = 0.0  # wall
-            if self.kind[k] == 0:
-                coef[self.row[k]] = b
-            else:
-                dk = diffusion[k, k]
-                pe = b * h[k] / dk
-                coef[self.row[k]] = dk / h[k] * hybrid_weight(pe)
-                coef[self.row[k] + 1] = dk / h[k] * hybrid_weight(-pe)
-                np.moveaxis(coef[self.row[k]], k, 0)[-1] = 0.0
-                np.moveaxis(coef[self.row[k] + 1], k, 0)[-1] = 0.0
-        self.coef = coef.reshape(3 * d, -1)
+            vel[k] = -sum(drift[k, l] * grids[l] for l in range(n))
+            np.moveaxis(vel[k], k, 0)[-1] = 0.0  # wall
+        self.vel = vel.reshape(n, -1)
         self.shape_arr = np.array(self.shape, dtype=np.int64)
         self._lines = None
 
     # ------------------------------------------------------------------ kernel calls
     def kernel_args(self):
         """The operator's arrays in kernel order (after p, w, jac; before out)."""
-        return (self.shape_arr, self.strides, self.kind, self.row, self.coef, self.cross,
-                self.inv_h)
+        return self.shape_arr, self.strides, self.vel, self.dif, self.cross, self.inv_h
 
     def _flat(self, a):
         a = np.ascontiguousarray(a, dtype=float).reshape(-1)
@@ -141,17 +125,16 @@ class FPOperator:
     # ------------------------------------------------------------------ preconditioner
     def line_coefficients(self, k):
         """(α, β) of the first-order line operator along axis k, divided by h_k (flat):
-        upwind u⁺, −u⁻ on advective axes, the hybrid weights on velocity axes."""
+        upwind u⁺ + D_kk/h, −u⁻ + D_kk/h on each right face, 0 on the wall."""
         if self._lines is None:
             self._lines = []
             for a in range(len(self.shape)):
-                r = self.row[a]
-                if self.kind[a] == 0:
-                    u = self.coef[r]
-                    al, be = np.maximum(u, 0.0), np.maximum(-u, 0.0)
-                else:
-                    al, be = self.coef[r], self.coef[r + 1]
-                self._lines.append((al * self.inv_h[a], be * self.inv_h[a]))
+                u = self.vel[a]
+                wall = np.zeros(self.shape)
+                np.moveaxis(wall, a, 0)[-1] = 1.0
+                dh = self.dif[a] * (1.0 - wall.ravel())
+                self._lines.append(((np.maximum(u, 0.0) + dh) * self.inv_h[a],
+                                    (np.maximum(-u, 0.0) + dh) * self.inv_h[a]))
         return self._lines[k]
 
     def line_solve(self, k, tau, rhs, out=None):
@@ -172,23 +155,15 @@ class FPOperator:
 
     # ------------------------------------------------------------------ step limits
     def max_rate(self):
-        """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate.
-
-        Advective axes count 2|u|/h (MUSCL face values), velocity axes the outflow weights of
-        both faces, cross-diffusion 2|D_ab|/(h_a h_b) per pair.
-        """
+        """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate
+        (diagonal D). Per axis 2|u|/h (MUSCL face values) + 2D_kk/h², plus 2|D_ab|/(h_a h_b)
+        per cross-diffused pair."""
+        vel = np.abs(self.vel.reshape((-1,) + self.shape))
         total = np.zeros(self.shape)
-        coef = self.coef.reshape((-1,) + self.shape)
         for k in range(len(self.shape)):
-            if self.kind[k] == 0:
-                u = np.abs(coef[self.row[k]])
-                left = np.zeros(self.shape)
-                np.moveaxis(left, k, 0)[1:] = np.moveaxis(u, k, 0)[:-1]
-                total += 2.0 * np.maximum(u, left) * self.inv_h[k]
-            else:
-                out_right = coef[self.row[k]]
-                out_left = np.zeros(self.shape)
-                np.moveaxis(out_left, k, 0)[1:] = np.moveaxis(coef[self.row[k] + 1], k, 0)[:-1]
-                total += (out_right + out_left) * self.inv_h[k]
+            left = np.zeros(self.shape)
+            np.moveaxis(left, k, 0)[1:] = np.moveaxis(vel[k], k, 0)[:-1]
+            total += 2.0 * np.maximum(vel[k], left) * self.inv_h[k]
+        total += 2.0 * np.sum(self.dif * self.inv_h)
         total += np.sum(np.abs(self.cross) * np.outer(self.inv_h, self.inv_h))
         return float(total.max())

@@ -35,25 +35,20 @@ def _one_sided(w, axis):
     return fwd, bwd
 
 
-def face_fluxes(p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
+def face_fluxes(p, w, jac, shape, strides, vel, dif, cross, inv_h):
     """Twin of ``face_flux_kernel``: array (ndim, N) of right-face fluxes (0 at walls)."""
     shape = tuple(int(n) for n in shape)
     p = np.asarray(p).reshape(shape)
     w = np.asarray(w).reshape(shape)
-    coef = np.asarray(coef).reshape((-1,) + shape)
+    vel = np.asarray(vel).reshape((-1,) + shape)
     out = np.zeros((len(shape),) + shape)
     with np.errstate(under="ignore"):
         for k in range(len(shape)):
             wk = np.moveaxis(w, k, 0)
-            fk = np.moveaxis(out[k], k, 0)
-            if kind[k] == 0:
-                u = np.moveaxis(coef[row[k]], k, 0)[:-1]
-                s = _slopes(p, w, jac, k)
-                fk[:-1] = np.where(u >= 0, u * (wk[:-1] + 0.5 * s[:-1]), u * (wk[1:] - 0.5 * s[1:]))
-                continue
-            cl = np.moveaxis(coef[row[k]], k, 0)[:-1]
-            cr = np.moveaxis(coef[row[k] + 1], k, 0)[:-1]
-            f = cl * wk[:-1] - cr * wk[1:]
+            u = np.moveaxis(vel[k], k, 0)[:-1]
+            s = _slopes(p, w, jac, k)
+            f = np.where(u >= 0, u * (wk[:-1] + 0.5 * s[:-1]), u * (wk[1:] - 0.5 * s[1:]))
+            f = f + dif[k] * (wk[:-1] - wk[1:])
             for b in range(len(shape)):
                 d = cross[k, b]
                 if d == 0.0:
@@ -61,13 +56,13 @@ def face_fluxes(p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
                 fwd, bwd = (np.moveaxis(x, k, 0) for x in _one_sided(w, b))
                 g = fwd[1:] + bwd[:-1] if d > 0 else bwd[1:] + fwd[:-1]
                 f = f - d * 0.5 * g * inv_h[b]
-            fk[:-1] = f
+            np.moveaxis(out[k], k, 0)[:-1] = f
     return out.reshape(len(shape), -1)
 
 
-def rate(p, w, jac, shape, strides, kind, row, coef, cross, inv_h):
+def rate(p, w, jac, shape, strides, vel, dif, cross, inv_h):
     """Twin of ``rate_kernel``: −∇·F(w), flat (N,)."""
-    flux = face_fluxes(p, w, jac, shape, strides, kind, row, coef, cross, inv_h)
+    flux = face_fluxes(p, w, jac, shape, strides, vel, dif, cross, inv_h)
     shape = tuple(int(n) for n in shape)
     out = np.zeros(shape)
     for k in range(len(shape)):
