@@ -41,10 +41,6 @@ _SPECS = {
 NAMES = tuple(_SPECS)
 CASES_2D = NAMES[:-1]
 CASE_4D = NAMES[-1]
-# ω/γ ≈ 44: the stationary state of this nearly Hamiltonian rotation is set by a weak
-# friction-diffusion balance that numerical diffusion perturbs ~ω/γ times more than in the
-# default case, so 128² is pre-asymptotic; its orders are checked separately (≥ 1)
-PRE_ASYMPTOTIC = ("high momentum",)
 
 
 def stationary_case(name):
