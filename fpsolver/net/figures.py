@@ -82,9 +82,11 @@ def landscape(path, rec, summary):
     vx, vy = (-rec["buf_proj"][win][:, [i, j]]).T
     h = np.array([di["h"], dj["h"]])
     mu = np.array([di.get("mu_theta", x.mean()), dj.get("mu_theta", y.mean())])
-    span = [max(np.abs(x - mu[0]).max(), 1e-12) * 1.3, max(np.abs(y - mu[1]).max(), 1e-12) * 1.3]
-    gx, gy = np.meshgrid(np.linspace(mu[0] - span[0], mu[0] + span[0], 120),
-                         np.linspace(mu[1] - span[1], mu[1] + span[1], 120))
+    # the window holds the positions (±4 sd about their mean); μ is marked when inside
+    centre = np.array([x.mean(), y.mean()])
+    span = [max(4 * x.std(), 1e-12), max(4 * y.std(), 1e-12)]
+    gx, gy = np.meshgrid(np.linspace(centre[0] - span[0], centre[0] + span[0], 120),
+                         np.linspace(centre[1] - span[1], centre[1] + span[1], 120))
     # quadratic model of L_λ about μ (minimum of the regularised loss in this plane)
     loss = 0.5 * ((h[0] + lam) * (gx - mu[0]) ** 2 + (h[1] + lam) * (gy - mu[1]) ** 2)
     psi = 0.5 * ((1 + lam / h[0]) * (gx - mu[0]) ** 2 + (1 + lam / h[1]) * (gy - mu[1]) ** 2)
@@ -98,6 +100,9 @@ def landscape(path, rec, summary):
     axes[1].set_title("positions over modified loss Ψ (position part)")
     for ax in axes[:2]:
         ax.scatter(x, y, s=2, color="k", alpha=0.5)
+        if np.all(np.abs(mu - centre) <= span):
+            ax.plot(*mu, "x", color="C2", ms=10, label="μ (quadratic model)")
+            ax.legend(fontsize=8, loc="upper right")
         ax.set_xlabel(f"θ · e{di['index']}")
         ax.set_ylabel(f"θ · e{dj['index']}")
     axes[2].contourf(ux, uy, kin, 20, cmap="magma_r")
