@@ -17,7 +17,7 @@ from .. import analysis
 from ..commands.run import KRYLOV_MIN_TOL
 from ..errors import SolverError
 from ..grid import MIN_CELLS
-from ..solve import DIRECT_MAX_CELLS, StorageTracker, evolve, setup_problem, stationary
+from ..solve import StorageTracker, evolve, setup_problem, stationary, use_direct
 
 _WARM = set()  # phase-space dimensions whose kernels are compiled
 
@@ -41,7 +41,7 @@ class Outcome:
 
 def _run(problem, case, trackers=()):
     if problem.t_final is None:
-        direct = problem.op.size <= DIRECT_MAX_CELLS
+        direct = use_direct(problem.op)
         tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
         result = stationary(problem.op, tol=tol)
         if not result.success:

@@ -10,8 +10,8 @@ import numpy as np
 class Plan:
     """Sizes of one validation run; :func:`plan` gives the quick and the full one.
 
-    ``cells_2d``/``cells_4d``: cells per axis of the convergence ladders (no 4-D ladder in
-    the quick plan); ``periods``: rotation periods of the transients; ``fipy_cells``:
+    ``cells_2d``/``cells_4d``: cells per axis of the convergence ladders (an empty 4-D
+    ladder skips 4-D); ``periods``: rotation periods of the transients; ``fipy_cells``:
     grids of the FiPy comparison; ``landscape_cells``: the Ψ/current grid; ``mc_chains``,
     ``mc_steps``: Monte-Carlo moments; ``diff_*``: the anomalous-diffusion run.
     """
@@ -33,7 +33,7 @@ class Plan:
 def plan(quick):
     """The quick (< 2 min on 2 cores) or the full (< 20 min) plan."""
     if quick:
-        return Plan(quick=True, cells_2d=(32, 64, 128), cells_4d=(), periods=1,
+        return Plan(quick=True, cells_2d=(32, 64, 128), cells_4d=(12, 16, 24), periods=1,
                     fipy_cells=(32, 64, 128), landscape_cells=128, mc_chains=1024,
                     mc_steps=2000, diff_dim=24, diff_chains=256, diff_steps=2000)
     return Plan(quick=False, cells_2d=(64, 128, 256), cells_4d=(16, 24, 32), periods=2,
