@@ -294,6 +294,8 @@ def test_bad_config_is_a_user_error(tmp_path):
     from fpsolver.cli import main
 
     assert main(["net", "record", str(tmp_path / "r"), "--preset", "demo", "--momentum", "1.5"]) == 2
+    assert main(["net", "record", str(tmp_path / "r"), "--data", str(tmp_path / "missing")]) == 2
+    assert main(["net", "eigen", str(tmp_path / "r"), "--model", "no_such_net"]) == 2
     assert not (tmp_path / "r").exists()
 
 
@@ -352,7 +354,8 @@ def test_resnet18_on_gpu(tmp_path):
     op = hs.HessianOperator(model, pipeline_loss, [(x[:32].cuda(), y[:32].cuda())])
     res = hs.lanczos(op.matvec, op.n, 3, budget=20, tol=1e-3, dtype=torch.float32, device="cuda")
     u = res.vectors[0]
-    r = float(torch.linalg.vector_norm(op.matvec(u) - res.eigenvalues[0] * u)) / res.eigenvalues[0]
+    h = float(res.eigenvalues[0])
+    r = float(torch.linalg.vector_norm(op.matvec(u) - h * u)) / h
     assert abs(r - res.residuals[0]) < 1e-2 and res.residuals[0] < 0.5
 
 

@@ -158,6 +158,13 @@ def open_config(run_dir, config=None):
                                 f"{val!r}; use a new run directory")
     elif config is None:
         raise UserError(f"{run_dir} holds no network run (config.json missing)")
+    else:  # a new run: names that only torchvision or the file system can check, before any file
+        from .data import SOURCES
+
+        if config.data not in SOURCES and not Path(config.data).is_dir():
+            raise UserError(f"data must be one of {', '.join(SOURCES)} or an existing directory, "
+                            f"got {config.data!r}")
+        build_network(config.model, 10)
     atomic_write_json(path, asdict(config))
     return config
 
