@@ -74,7 +74,8 @@ def main(argv=None):
     converged = int((res.residuals <= 1e-3).sum())
     out = {
         "benchmark": "net", "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor(),
+        "device_name": (torch.cuda.get_device_name() if device == "cuda"
+                        else platform.processor() or platform.machine()),
         "torch": torch.__version__, "threads": args.threads, "image_size": args.image_size,
         "batch_size": args.batch_size, "n_params": op.n,
         "sgd_step_s": step_s, "hvp_s": hvp_s,
