@@ -146,7 +146,7 @@ def test_recorded_variances_match_level2(tmp_path):
     Level 2 neglects state-dependent noise, a bias r_s − 1 ≈ η(tr H + h)/(2S(1−β)) ≤ 1.3 %
     here; level 1 differs from level 2 by r_d − 1 = η(h+λ)/(2(1+β)) ≤ 3.4 %.
     """
-    from fpsolver.net import project, record, pipeline
+    from fpsolver.net import project, record
 
     lr, beta, lam, batch = 0.1, 0.5, 0.01, 32
     x, y, hess, sigma, mu = linear_problem([1.0, 0.7, 0.5, 0.4], weight_decay=lam)
@@ -176,7 +176,7 @@ def test_recorded_variances_match_level2(tmp_path):
 
 def test_rotation_sense_is_clockwise(tmp_path):
     """Underdamped modes rotate clockwise in (θ, v) at the level-2 frequency (within 10 %)."""
-    from fpsolver.net import pipeline, project, record
+    from fpsolver.net import project, record
 
     lr, beta, batch = 0.1, 0.9, 16
     x, y, _, _, mu = linear_problem([2.0, 1.0], n=500)
@@ -230,7 +230,6 @@ def run_child_problem(out, x, y, mu, progress=None):
 def test_killed_recorder_resumes_to_one_consistent_file(tmp_path, mode, kill_at):
     """SIGKILL mid-run (between checkpoints, or between the record flush and the checkpoint),
     then resume: the file equals an uninterrupted run's, record for record."""
-    from fpsolver.net import record
 
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     killed.mkdir(), clean.mkdir()
@@ -302,7 +301,7 @@ def test_bad_config_is_a_user_error(tmp_path):
 def test_resnet18_record_eigen_compare(tmp_path, capsys):
     """A real torchvision resnet18 (weights=None) through record → eigen → compare."""
     from fpsolver.cli import main
-    from fpsolver.net import hessian as hs, pipeline, record
+    from fpsolver.net import hessian as hs, pipeline
     from fpsolver.net.figures import FILES
 
     run, out = tmp_path / "run", tmp_path / "report"
