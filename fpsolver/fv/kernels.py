@@ -49,8 +49,9 @@ def _slope(pu, p0, pd, wu, w0, wd, jac):
 
 
 @helper
-def _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif, cross, inv_h):
-    """Flux through the right face (along axis k) of flat cell c with axis-k index ik."""
+def _face_flux(k, c, ik, idx, p, w, jac, shape, strides, vel, dif, cross, inv_h):
+    """Flux through the right face (along axis k) of flat cell c with axis-k index ik
+    (``idx``: the cell's indices on the other axes)."""
     st = strides[k]
     r = c + st
     u = vel[k, c]
@@ -68,7 +69,7 @@ def _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif, cross, inv_h):
         d = cross[k, b]
         if d != 0.0:
             sb = strides[b]
-            ib = (c // sb) % shape[b]
+            ib = idx[b]
             g = 0.0
             if d > 0.0:
                 if ib < shape[b] - 1:
@@ -84,33 +85,58 @@ def _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif, cross, inv_h):
     return f
 
 
+@helper
+def _row_index(row, shape, idx):
+    """Fill idx[:-1] with the indices of flat row ``row`` (a line along the last axis)."""
+    div = 1
+    for k in range(len(shape) - 2, -1, -1):
+        idx[k] = (row // div) % shape[k]
+        div *= shape[k]
+
+
 @kernel
 def rate_kernel(p, w, jac, shape, strides, vel, dif, cross, inv_h, out):
-    """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w."""
-    for c in prange(w.size):
-        acc = 0.0
-        for k in range(len(shape)):
-            ik = (c // strides[k]) % shape[k]
-            if ik < shape[k] - 1:
-                acc -= _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif,
-                                  cross, inv_h) * inv_h[k]
-            if ik > 0:
-                acc += _face_flux(k, c - strides[k], ik - 1, p, w, jac, shape, strides, vel,
-                                  dif, cross, inv_h) * inv_h[k]
-        out[c] = acc
+    """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w.
+
+    Parallel over lines along the last axis; indices are carried, not divided out per cell.
+    """
+    nd = len(shape)
+    nl = shape[nd - 1]
+    for row in prange(w.size // nl):
+        idx = np.empty(nd, dtype=np.int64)
+        _row_index(row, shape, idx)
+        for j in range(nl):
+            idx[nd - 1] = j
+            c = row * nl + j
+            acc = 0.0
+            for k in range(nd):
+                ik = idx[k]
+                if ik < shape[k] - 1:
+                    acc -= _face_flux(k, c, ik, idx, p, w, jac, shape, strides, vel, dif,
+                                      cross, inv_h) * inv_h[k]
+                if ik > 0:
+                    acc += _face_flux(k, c - strides[k], ik - 1, idx, p, w, jac, shape,
+                                      strides, vel, dif, cross, inv_h) * inv_h[k]
+            out[c] = acc
 
 
 @kernel
 def face_flux_kernel(p, w, jac, shape, strides, vel, dif, cross, inv_h, out):
     """out[k, c] = flux of w through the right face of cell c along axis k (0 at walls)."""
-    for c in prange(w.size):
-        for k in range(len(shape)):
-            ik = (c // strides[k]) % shape[k]
-            if ik < shape[k] - 1:
-                out[k, c] = _face_flux(k, c, ik, p, w, jac, shape, strides, vel, dif,
-                                       cross, inv_h)
-            else:
-                out[k, c] = 0.0
+    nd = len(shape)
+    nl = shape[nd - 1]
+    for row in prange(w.size // nl):
+        idx = np.empty(nd, dtype=np.int64)
+        _row_index(row, shape, idx)
+        for j in range(nl):
+            idx[nd - 1] = j
+            c = row * nl + j
+            for k in range(nd):
+                if idx[k] < shape[k] - 1:
+                    out[k, c] = _face_flux(k, c, idx[k], idx, p, w, jac, shape, strides, vel,
+                                           dif, cross, inv_h)
+                else:
+                    out[k, c] = 0.0
 
 
 @kernel
