@@ -6,11 +6,15 @@
   is refused (:class:`UnstableError`). Trackers run on a step schedule; a checkpoint holds
   (p, step, dt) so a resumed run repeats the same steps and ends at the same answer.
 * :func:`stationary`: Newton's method on L(p)p = 0, ∫p = 1. The limited scheme is
-  homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise". 2-D
-  (and any grid up to ``DIRECT_MAX_CELLS``): sparse LU of the probed Jacobian with one
-  equation replaced by x_r = 1; larger (4-D) grids: GMRES on the matrix-free Jacobian,
-  started from the solution on a grid with half the cells (nested iteration). The first
-  iterate from a constant p is the first-order (upwind) solution.
+  homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise"; the
+  first step from a constant p solves the first-order (upwind) problem. 2-D grids: sparse
+  LU of the probed Jacobian with one equation replaced by x_r = 1 (7-11 steps to 1e-12).
+  4-D grids: inexact Newton, GMRES(40) on the matrix-free Jacobian (relative tolerance
+  1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
+  first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·γ)), started
+  from the solution on the grid with half the cells (nested iteration). On the §13 case
+  this needs about 600-900 Jacobian products per level (unpreconditioned GMRES needed
+  ~15× more iterations on the 2-D analogue).
 
 Residuals are reported as ‖Lp‖₁ (∫|∂_t p|, 1/time) and relative to rate_max
 (dimensionless: the change per stable explicit step); ``tol`` applies to the relative one.

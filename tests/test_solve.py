@@ -100,6 +100,15 @@ def test_long_time_transient_equals_stationary_solve():
     assert np.abs(res.p - ref.p).sum() * vol <= bound
 
 
+def test_result_says_why_the_stationary_solve_stopped():
+    prob = setup_problem(default_case(), cells=32)
+    short = stationary(prob.op, max_iter=1)  # one Newton step: the first-order solution
+    assert not short.success and short.status == "max_iter" and "tol" in short.message
+    full = stationary(prob.op)
+    assert full.success and full.status == "converged" and full.residual_rel < 1e-10
+    assert full.n_iter > 1 and abs(full.p.sum() * prob.grid.cell_volume - 1) <= 1e-12
+
+
 class _Interrupt(Tracker):
     def __init__(self, at):
         super().__init__(1)

@@ -84,6 +84,9 @@ def run(args):
     if args.cells is not None and args.cells < 8:
         raise GridError(f"--cells must be >= 8, got {args.cells}")
     problem = setup_problem(case, cells=args.cells)
+    if problem.t_final is not None and case.run.scheme == "implicit":
+        raise UserError('run.scheme = "implicit" is not available in this version; use '
+                        '"explicit" or "auto" (SSP-RK3)')
     op, grid = problem.op, problem.grid
     key = _fingerprint(case, grid)
     ckpt = out / "checkpoint.npz"
@@ -93,14 +96,15 @@ def run(args):
             direct = use_direct(op)
             tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
             result = stationary(op, tol=tol)
-            solver = "newton-lu" if direct else "newton-gmres (nested)"
+            solver = "newton-lu" if direct else "newton-gmres-af"
             if not result.success:
                 raise UserError(f"stationary solve did not converge: {result.message}")
         else:
             resume = load_checkpoint(ckpt, key) if (args.resume and had_ckpt) else None
             tol = case.run.steady_tol
             tracker = CheckpointTracker(ckpt, key, every_s=args.checkpoint_every)
-            trackers = [ProgressTracker(enabled=not args.no_progress), ConservationTracker()]
+            trackers = [ProgressTracker(enabled=not args.no_progress),
+                        ConservationTracker(interval=10)]
             result = evolve(op, problem.p0, problem.t_final, dt=case.run.dt,
                             safety=case.run.safety, trackers=trackers, checkpoint=tracker,
                             resume=resume)
