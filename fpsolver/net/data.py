@@ -1,6 +1,7 @@
 """Image data sets that need no download: Fashion-MNIST, scikit-learn digits, user folders.
 
-``load_images(source, image_size)`` returns an :class:`ImageData`. ``source``:
+``load_images(source, image_size)`` returns an :class:`ImageData`. ``source`` is one of:
+
 - ``"fashion-mnist"``: Debian's ``dataset-fashion-mnist`` files (``apt-get install
   dataset-fashion-mnist`` puts them in ``/usr/share/datasets/fashion-mnist``);
 - ``"digits"``: scikit-learn's bundled 8×8 digits (1797 images);
@@ -8,9 +9,11 @@
 - a directory the user already has: MNIST-format idx files (also torchvision's
   ``MNIST/raw`` or ``FashionMNIST/raw`` layout), torchvision's CIFAR-10/100 folders, or an
   ``ImageFolder`` tree (``DIR/train`` and ``DIR/test`` or ``DIR/val``, else ``DIR`` alone).
+
 Nothing is ever downloaded. Images come out as float tensors (3, size, size),
 standardised with the training set's mean and standard deviation.
 """
+from __future__ import annotations
 
 import gzip
 import struct

@@ -6,6 +6,8 @@ subset. Every eigenpair comes with its residual ‖Hu − hu‖/|h| and every so
 explicit budget of Hessian-vector products.
 """
 
+from __future__ import annotations
+
 import copy
 import time
 from contextlib import contextmanager

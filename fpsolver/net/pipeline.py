@@ -7,6 +7,8 @@ with gradient-noise projections; format ``fpsolver-net-eigen`` v1), ``record.h5`
 and, after ``eigen --at final``, ``eigen_final.h5``.
 """
 
+from __future__ import annotations
+
 import json
 import time
 from dataclasses import asdict, dataclass, fields, replace

@@ -32,6 +32,8 @@ records newer than its checkpoint and recomputes them: a killed and resumed run 
 consistent file.
 """
 
+from __future__ import annotations
+
 import json
 import shutil
 import time
