@@ -341,8 +341,8 @@ def _newton_krylov(op, p, vol, rel_tol):
     a = spla.LinearOperator((op.size, op.size), matvec=matvec, dtype=float)
     m = spla.LinearOperator((op.size, op.size), matvec=lambda x: op.af_precondition(tau, x),
                             dtype=float)
-    with _single_threaded_blas():  # threaded BLAS on 1e4-1e7 vectors thrashes; the
-        delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=40, maxiter=25, M=m)  # kernels use numba threads
+    with _single_threaded_blas():  # threaded BLAS dot products thrash next to numba threads
+        delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=40, maxiter=25, M=m)
     x = p + delta
     return x / (x.sum() * vol), count[0]
 

@@ -10,7 +10,7 @@ KRYLOV_MIN_TOL = 1e-7  # relative residual reachable in budget by the 4-D GMRES 
 
 def add_parser(subparsers):
     p = subparsers.add_parser(
-        "run", help="solve the Fokker-Planck equation of a case and compare with the exact solution",
+        "run", help="solve the Fokker-Planck equation of a case, compare with the exact one",
         description="Build the phase-space model of CASE (default: the built-in case), solve "
                     "the Fokker-Planck equation to run.t_final (or to the stationary state "
                     "when t_final is absent), compare with the exact Gaussian and write "

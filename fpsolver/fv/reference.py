@@ -9,8 +9,9 @@ import numpy as np
 
 def _slopes(p, w, jac, axis):
     """Van Leer cell slopes of w along ``axis`` (Jacobian at p if ``jac``); 0 at both ends."""
-    pm, p0, pp = (np.moveaxis(p, axis, 0)[s] for s in (slice(None, -2), slice(1, -1), slice(2, None)))
-    wm, w0, wp = (np.moveaxis(w, axis, 0)[s] for s in (slice(None, -2), slice(1, -1), slice(2, None)))
+    thirds = (slice(None, -2), slice(1, -1), slice(2, None))
+    pm, p0, pp = (np.moveaxis(p, axis, 0)[s] for s in thirds)
+    wm, w0, wp = (np.moveaxis(w, axis, 0)[s] for s in thirds)
     a, b = (p0 - pm, pp - p0) if jac else (w0 - wm, wp - w0)
     same = ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))
     s = np.where(same, a + b, 1.0)
