@@ -16,8 +16,9 @@ from fpsolver.errors import SolverError, UnstableError, UserError
 from fpsolver.fv import FPOperator
 from fpsolver.grid import sized_grid
 from fpsolver.sgd import PhaseSpaceModel
-from fpsolver.solve import (CheckpointTracker, SteadyStateTracker, Tracker, evolve,
-                            load_checkpoint, prolong, setup_problem, stationary, step_size)
+from fpsolver.solve import (CheckpointTracker, SteadyStateTracker, StorageTracker, Tracker,
+                            evolve, load_checkpoint, prolong, setup_problem, stationary,
+                            step_size)
 
 TRANSIENT = {"t_final": 3.0, "initial_mean": [0.25, 0.0], "initial_cov_scale": 0.25}
 
@@ -131,6 +132,18 @@ def test_interrupted_run_resumes_to_the_same_answer(tmp_path):
     np.testing.assert_array_equal(resumed.p, full.p)
     with pytest.raises(UserError, match="another case"):
         load_checkpoint(tmp_path / "ck.npz", "other")
+
+
+def test_storage_tracker_keeps_snapshots_on_its_schedule():
+    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 0.2}), cells=16)
+    store = StorageTracker(interval=10)
+    res = evolve(prob.op, prob.p0, prob.t_final, trackers=[store])
+    n = res.n_steps
+    expected = [k * res.dt for k in range(0, n, 10)] + ([n * res.dt] if n % 10 else [])
+    np.testing.assert_allclose(store.times, expected, rtol=1e-12)
+    np.testing.assert_array_equal(store.densities[-1], res.p)
+    for q in store.densities:
+        assert abs(q.sum() * prob.grid.cell_volume - 1) <= 1e-12
 
 
 def test_bad_input_is_refused():
