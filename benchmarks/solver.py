@@ -12,9 +12,10 @@ Sections (one JSON object, same machine and run):
 * ``transient_2d``: oscillator K/m = 1, γ = 0.5 (A = [[0, −1], [1, 1]], D_vv = 0.5) from
   N((1.5, 0), P/4) to t = 5: fpsolver SSP-RK3 vs Crank-Nicolson on the central operator
   with one LU (dt = 0.01). Target: L1 ≤ 3e-3 in ≤ 2 s and ≥ 20× faster than the reference.
-* ``throughput``: cell updates/s of the explicit rate kernel (2-D 256², 4-D 32⁴) as a
-  fraction of the memory-bandwidth bound (numpy copy bandwidth / bytes a cell update must
-  move: p, the 2d face velocities, the result).
+* ``throughput``: cell updates/s of the explicit rate kernel (2-D 256², 4-D 32⁴) on 1 and
+  ``--threads`` threads, as a fraction of the memory-bandwidth bound (numpy copy bandwidth
+  / bytes a cell update must move: p, the 2d face velocities, the result). On a shared
+  machine the second thread can be slower than one (it waits for a busy core).
 * ``stationary_4d``: THEORY.md §13 non-commuting case at ``--four-d`` cells per axis
   (Newton-GMRES); the 64⁴ target (≤ 5 min on 2 cores) needs ``--four-d 64``.
 * ``cli_warm``: wall time of a second ``fpsolver run`` on the default case (JIT cache warm).
@@ -185,7 +186,7 @@ def _model_4d():
 def throughput(repeats):
     from fpsolver import theory
     from fpsolver.case import default_case
-    from fpsolver.fv import FPOperator
+    from fpsolver.fv import FPOperator, kernels
     from fpsolver.grid import sized_grid
     from fpsolver.solve import setup_problem
     big = np.random.default_rng(0).random(1 << 24)
@@ -196,18 +197,26 @@ def throughput(repeats):
     m = _model_4d()
     g = sized_grid((32,) * 4, (m.stationary_mean, theory.stationary_cov(m)), 6.0)
     ops.append(FPOperator(g, m.drift, m.diffusion, m.stationary_mean))
+    import numba
     out = {"copy_bandwidth_GBps": bandwidth / 1e9, "grids": []}
+    threads = sorted({1, numba.get_num_threads()})
     for op in ops:
         p = np.random.default_rng(1).random(op.size)
         res = np.empty_like(p)
-        op.rate(p, out=res)
-        reps = max(3, int(2e7 // op.size))
-        t, _ = _best(lambda: [op.rate(p, out=res) for _ in range(reps)], repeats)
-        rate = reps * op.size / t
         bytes_per_cell = 8 * (2 + len(op.shape))
         bound = bandwidth / bytes_per_cell
-        out["grids"].append({"cells": list(op.shape), "cell_updates_per_s": rate,
-                             "bandwidth_bound_per_s": bound, "fraction_of_bound": rate / bound})
+        entry = {"cells": list(op.shape), "bandwidth_bound_per_s": bound, "threads": {}}
+        for th in threads:  # the kernel directly: threads_for would override the count
+            numba.set_num_threads(th)
+            kernels.rate_kernel(p, p, False, *op.kernel_args(), res)
+            reps = max(3, int(2e7 // op.size))
+            t, _ = _best(lambda: [kernels.rate_kernel(p, p, False, *op.kernel_args(), res)
+                                  for _ in range(reps)], repeats)
+            rate = reps * op.size / t
+            entry["threads"][str(th)] = {"cell_updates_per_s": rate,
+                                         "fraction_of_bound": rate / bound}
+        numba.set_num_threads(threads[-1])
+        out["grids"].append(entry)
     return out
 
 

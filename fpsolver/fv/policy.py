@@ -2,15 +2,16 @@
 
 Kernels are compiled once with ``parallel=True`` (``prange`` over cells), ``cache=True``
 (top-level functions with explicit array arguments, so the on-disk cache works) and no
-fast-math (NaN checks must keep working). Small grids run them on one thread: below
-``PARALLEL_MIN_CELLS`` cells the thread start-up costs more than it saves.
+fast-math (NaN checks must keep working). Grids below ``PARALLEL_MIN_CELLS`` cells run on
+one thread: a 2-D 256² rate evaluation (2 ms on one thread) took 4× longer on two threads
+of a shared 2-core machine, while 4-D 32⁴ (1M cells) ran 1.9× faster on two.
 """
 
 import contextlib
 
 import numba
 
-PARALLEL_MIN_CELLS = 1 << 15
+PARALLEL_MIN_CELLS = 1 << 18
 
 kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True)
 helper = numba.njit(cache=True, fastmath=False, nogil=True, inline="always")
