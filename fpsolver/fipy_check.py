@@ -68,7 +68,8 @@ def _fipy():
 
 def _check(model, grid, convection):
     if model.dim != 1:
-        raise UserError(f"the FiPy cross-check needs a 2-D phase space (d = 1), got d = {model.dim}")
+        raise UserError("the FiPy cross-check needs a 2-D phase space (d = 1), "
+                        f"got d = {model.dim}")
     if convection not in CONVECTION_SCHEMES:
         raise UserError(f"convection must be one of {', '.join(CONVECTION_SCHEMES)}, "
                         f"got {convection!r}")

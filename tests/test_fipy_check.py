@@ -60,7 +60,8 @@ def test_stationary_converges_at_scheme_order(model, convection, order, tol):
 
 
 def test_transient_central_second_order_with_dt_h2(model):
-    """Backward Euler with dt ∝ h² and central convection: error O(h²) against N(e^{−At}z₀, P(t))."""
+    """Backward Euler with dt ∝ h² and central convection: error O(h²) against the exact
+    N(e^{−At}z₀, P(t))."""
     p_ss = theory.stationary_cov(model)
     z0, cov0, t = np.array([0.15, 0.0]), 0.5 * p_ss, 0.4
     mean_t, cov_t = theory.transient_moments(model, z0, cov0, t)

@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import analysis
 from ..commands.run import KRYLOV_MIN_TOL
-from ..errors import SolverError
 from ..grid import MIN_CELLS
 from ..solve import StorageTracker, evolve, setup_problem, stationary, use_direct
 
@@ -27,7 +26,8 @@ class Outcome:
     """A solve: ``grid``, cell averages ``p`` (grid.shape), cell-centred current
     (2d, *grid.shape), wall time of the solve [s], |∫p − 1|, and errors against the exact
     solution (L1, relative L∞, relative current L1). The wall time covers grid, operator
-    and solve."""
+    and solve. ``converged`` is false when a stationary solve stopped above its
+    tolerance (``message`` says why); the errors are then those of its last iterate."""
 
     grid: object
     p: np.ndarray
@@ -37,16 +37,15 @@ class Outcome:
     l1: float
     linf: float
     current_error: float
+    converged: bool
+    message: str
 
 
 def _run(problem, case, trackers=()):
     if problem.t_final is None:
         direct = use_direct(problem.op)
         tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
-        result = stationary(problem.op, tol=tol)
-        if not result.success:
-            raise SolverError(f"{case.name}: stationary solve failed: {result.message}")
-        return result
+        return stationary(problem.op, tol=tol)
     return evolve(problem.op, problem.p0, problem.t_final, dt=case.run.dt,
                   safety=case.run.safety, trackers=trackers)
 
@@ -71,7 +70,8 @@ def solve(case, cells):
     return Outcome(grid=problem.grid, p=result.p, current=problem.op.current(result.p),
                    wall_time_s=wall, mass_error=errors["mass_error"],
                    l1=errors["l1_error"], linf=errors["linf_rel_error"],
-                   current_error=errors["current_l1_rel_error"])
+                   current_error=errors["current_l1_rel_error"], converged=result.success,
+                   message=result.message)
 
 
 def transient_history(case, cells, n_times):

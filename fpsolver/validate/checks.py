@@ -29,6 +29,8 @@ class Check:
 
 
 CHECKS = (
+    Check("failed_solves", "<=", 0,
+          "number of fpsolver solves of the convergence study that did not converge"),
     Check("stationary_order_min", ">=", 1.8,
           "smallest observed L1 order (finest pair) of the 2-D stationary solves, all cases"),
     Check("transient_order_min", ">=", 1.8,
@@ -40,7 +42,9 @@ CHECKS = (
           "fpsolver stationary L1 error, default case, 128²"),
     Check("current_error_default_128", "<=", 1e-2,
           "fpsolver stationary current relative L1 error, default case, 128²"),
-    Check("mass_error_max", "<=", 1e-12,
+    # round-off random walk over a run: ε·√(cells·steps) ≈ 1e-16·√(65536·1e5) ≈ 8e-12 for
+    # the longest 256² transient of the full run (measured 1.1e-12; quick ≤ 2e-13)
+    Check("mass_error_max", "<=", 1e-11,
           "largest |∫p − 1| over every fpsolver solve"),
     # diff/max(e) ∈ [1 − min/max, 1 + min/max] (triangle inequality); against the
     # first-order schemes min/max ≤ 0.15 at every grid, hence the margin

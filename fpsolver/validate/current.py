@@ -6,8 +6,6 @@ of rotation; the rotation frequency fitted to the solver's transient mean,
 θ̄(t) − μ = e^(−γt)(a cos ft + b sin ft), ω_fit = √(f² + γ²), against ω = √((h+λ)/m).
 """
 
-import time
-
 import numpy as np
 from scipy.optimize import curve_fit
 
@@ -39,7 +37,6 @@ def circulation(model, mesh, current, weights):
 
 
 def section(plan, figdir):
-    start = time.perf_counter()
     case = cases.stationary_case("default")
     model = build_model(case)
     res = solve(case, plan.landscape_cells)
@@ -85,7 +82,7 @@ Probability circulates clockwise in the (θ, v) plane, as J_ss = [v; −(K/m)(θ
             "mean": means, "mean_exact": exact_means, "gamma_fit": gamma, "f_fit": f,
             "omega_fit": omega_fit, "omega": omega, "f": f_exact}
     return Section("current", "Probability current and rotation frequency", text, headline,
-                   data, time.perf_counter() - start)
+                   data)
 
 
 def _figure(res, exact, times, means, exact_means, model, figdir):

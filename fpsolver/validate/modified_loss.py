@@ -7,8 +7,6 @@ phase space, E(θ, v) = L_λ(θ) − L_λ(μ) + (m/2)‖v‖² (the Gibbs energy
 would have). Error: max over the region of |Ψ_num − Ψ| / max over the region of Ψ.
 """
 
-import time
-
 import numpy as np
 
 from .. import plots, theory
@@ -70,7 +68,6 @@ def recover(name, cells):
 
 
 def section(plan, figdir):
-    start = time.perf_counter()
     runs = [recover(name, CELLS) for name in ("default", "strong weight decay")]
     for r in runs:
         r["separation"] = r["loss_rel_distance"] / r["psi_rel_error"]
@@ -95,7 +92,7 @@ weight decay (h = 0.1) by a factor of ten.
     for r in runs:
         r.pop("fields")
     return Section("modified_loss", "Modified loss recovered from the stationary density",
-                   text, headline, {"runs": runs}, time.perf_counter() - start)
+                   text, headline, {"runs": runs})
 
 
 def _figure(runs, figdir):
