@@ -85,6 +85,40 @@ def build_report(out, quick=False, sections=None, bounds=None, log=print):
     return results
 
 
+def _summary(results):
+    """Plain-language headline findings of the sections that ran."""
+    h = {r["name"]: r["value"] for r in results["checks"]}
+    sec = results["sections"]
+    out = []
+    if "convergence" in sec:
+        out.append(f"- The finite-volume solver converges at second order (smallest observed "
+                   f"L1 order {h['stationary_order_min']:.2f} stationary, "
+                   f"{h['transient_order_min']:.2f} transient); default case at 128²: "
+                   f"L1 = {h['l1_default_128']:.2e}, current error "
+                   f"{100 * h['current_error_default_128']:.2f} %.")
+    if "fipy" in sec:
+        out.append(f"- Against FiPy on the same grid its L1 error at 128² is "
+                   f"{h['fipy_ratio_128']:.0f}× smaller than FiPy's upwind/exponential "
+                   f"schemes (first order in θ).")
+    if "modified_loss" in sec:
+        out.append(f"- −T log p of the numerical density recovers the modified loss Ψ to "
+                   f"{100 * h['psi_rel_error']:.2f} % (128², 99 % of the mass); it is not "
+                   f"the original loss.")
+    if "montecarlo" in sec:
+        rows = [r for r in sec["montecarlo"]["data"]["settings"] if r["batches"] == "iid"]
+        worst = max(max(r["mode_ratio"]["continuous"]) for r in rows)
+        out.append(f"- **The paper's continuous (level-1) prediction under-predicts SGD's "
+                   f"stationary variance** by the factor r_d·r_s, up to {worst:.2f}× in "
+                   f"these settings; the exact discrete theory (levels 2-3) fixes it: "
+                   f"level 3 matches Monte-Carlo SGD within |z| ≤ {h['mc_max_z_exact']:.1f}. "
+                   f"Random reshuffling falls below every i.i.d. prediction.")
+    if "diffusion" in sec:
+        out.append(f"- Anomalous diffusion Δ(k) in d = {sec['diffusion']['data']['dim']} "
+                   f"matches the discrete theory (max |z| = {h['diffusion_max_z']:.1f}); "
+                   f"the exponent depends on the window.")
+    return "\n".join(out)
+
+
 def render(results, sections):
     """The Markdown text of the report."""
     mode = "quick" if results["quick"] else "full"
@@ -105,6 +139,8 @@ Every number and figure below is recomputed by that command; `results.json` hold
 machine-readable form. Theory: THEORY.md; solver: `fpsolver run`.
 
 {verdict}
+
+{_summary(results)}
 
 ## Checks
 
