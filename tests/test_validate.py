@@ -53,6 +53,7 @@ def test_quick_report_exits_zero_with_every_section(quick):
 @pytest.mark.slow
 def test_quick_headline_numbers(quick):
     h = headline(quick[2])
+    assert h["failed_solves"] == 0  # every stationary solve reaches its tolerance
     # second-order scheme: observed orders ≥ 1.8 on 32² → 64² → 128²
     assert h["stationary_order_min"] >= 1.8
     assert h["order_4d"] >= 1.5  # 12⁴ → 16⁴ → 24⁴: coarse, order still rising
