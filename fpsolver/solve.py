@@ -400,7 +400,7 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
         rate = op.rate(p)
         n_rhs += 1
         res, prev = np.abs(rate).sum() * vol, res
-        ratio = res / prev
+        ratio = res / prev if prev > 0 else 0.0
         if res / rate_max < tol:
             status = "converged"
             break
