@@ -100,10 +100,13 @@ def section(plan, figdir):
                                    for r in rows if r["batches"] == "reshuffle"),
     }
     table = md_table(
-        ["setting", "η", "β", "λ", "S", "batches", "MC/L1 Var θ (modes)", "MC/L2", "MC/L3",
+        ["setting", "η", "β", "λ", "S", "batches", "MC Var θ₁, Var θ₂ (± SE)",
+         "MC/L1 Var θ (modes)", "MC/L2", "MC/L3",
          "r_d·r_s", "max |z| L1", "L2", "L3", "verdict"],
         [[r["name"], fmt(r["lr"]), fmt(r["momentum"]), fmt(r["weight_decay"]),
           r["batch_size"], r["batches"],
+          ", ".join(f"{r['empirical_cov'][i][i]:.4g} ± {r['standard_error'][i][i]:.1g}"
+                    for i in range(2)),
           ", ".join(fmt(x, 4) for x in r["mode_ratio"]["continuous"]),
           ", ".join(fmt(x, 4) for x in r["mode_ratio"]["discrete"]),
           ", ".join(fmt(x, 4) for x in r["mode_ratio"]["exact"]),
