@@ -122,12 +122,18 @@ def _antisymmetry(cells):
 
 def _figure(studies, figdir):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     names = list(dict.fromkeys(s["case"] for s in studies))
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2))
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4))
     for ax, name in zip(np.atleast_1d(axes), names):
-        for s in (s for s in studies if s["case"] == name):
+        mine = [s for s in studies if s["case"] == name]
+        for s in mine:
             plots.convergence(s["cells"], s["l1"], ax=ax, label=f"L1 {s['kind']}",
                               expected_order=2 if s["kind"] == "stationary" else None)
+        ax.set_ylabel("L1 error")
+        ax.set_xticks(mine[0]["cells"], [str(n) for n in mine[0]["cells"]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(name, fontsize="small")
+    fig.tight_layout()
     return save_figure(fig, figdir, "convergence")
