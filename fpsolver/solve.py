@@ -9,7 +9,8 @@
   homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise"; the
   first step from a constant p solves the first-order (upwind) problem. 2-D grids: sparse
   LU of the probed Jacobian, reused for chord steps while they contract the residual at
-  least 2-fold (from 96² up, started from the half-grid solution: one LU at 144²-256²).
+  least 2-fold (a chord step that does not is redone as a Newton step), every step damped
+  to keep p positive (from 96² up started from the half-grid solution: 2-4 LUs).
   4-D grids: inexact Newton, GMRES(40) on the matrix-free Jacobian (relative tolerance
   1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
   first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·γ)), started
@@ -282,15 +283,27 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
 
 
 class _DirectSolver:
-    """Newton/chord steps with sparse LU: the Jacobian is refactorised only when the last
-    step reduced the residual by less than ``REFACTOR_RATIO`` (chord steps cost one
-    triangular solve). One equation is replaced by δ_r = 0 (the dropped equation follows
-    from the others because the columns of the Jacobian sum to zero)."""
+    """Globalised Newton/chord steps with sparse LU of the probed Jacobian.
 
-    REFACTOR_RATIO = 0.5
+    * Chord steps reuse the last LU (one triangular solve) while they contract the residual
+      at least ``CHORD_RATIO``-fold; a chord step that does not is rejected and redone as a
+      Newton step from the same p with a fresh LU.
+    * Every step is damped to keep the density positive: λ = min(1, 0.95·min p/(−δ)) over
+      the cells where the step would cross zero (floored at ``MIN_DAMPING``). The limited
+      scheme is only piecewise smooth (van Leer switches at extrema), and undamped Newton
+      iterates that undershoot flip the limiter far from the solution: on the β = 0.99
+      example at 48² plain Newton needed 29 LUs, the undamped chord variant did not
+      converge in 40 steps, the damped one takes 8 LUs.
+
+    One equation is replaced by δ_r = 0 (the dropped equation follows from the others
+    because the columns of the Jacobian sum to zero)."""
+
+    CHORD_RATIO = 0.5
+    MIN_DAMPING = 0.1
 
     def __init__(self, op):
         self.op, self.lu, self.row = op, None, None
+        self.n_factor = self.n_rejected = 0
 
     def factor(self, p):
         jac = jacobian_matrix(self.op, p).tocsr()
@@ -299,15 +312,35 @@ class _DirectSolver:
         keep[r] = 0.0
         m = sp.diags(keep) @ jac + sp.csr_matrix(([1.0], ([r], [r])), shape=jac.shape)
         self.lu = spla.splu(m.tocsc(), permc_spec="COLAMD")  # 1.6x faster than MMD here
+        self.n_factor += 1
 
-    def step(self, p, rate, ratio):
-        """p − Jac⁻¹ L(p)p (flat); refactorises at p first when ``ratio`` is poor."""
-        refactor = self.lu is None or ratio > self.REFACTOR_RATIO
-        if refactor:
-            self.factor(p)
+    def _trial(self, p, rate, vol):
+        """Damped step from p with the current LU: (p_new normalised, rate, ‖rate‖₁)."""
         rhs = -rate
         rhs[self.row] = 0.0
-        return p + self.lu.solve(rhs), refactor
+        delta = self.lu.solve(rhs)
+        cross = (delta < 0.0) & (p > 0.0)
+        lam = 1.0
+        if np.any(cross):
+            lam = min(1.0, max(self.MIN_DAMPING,
+                               0.95 * float(np.min(p[cross] / -delta[cross]))))
+        q = p + lam * delta
+        q /= q.sum() * vol
+        r = self.op.rate(q)
+        return q, r, float(np.abs(r).sum() * vol)
+
+    def step(self, p, rate, res, chord, vol):
+        """One accepted step from p (flat, residual ‖rate‖₁ = res): a chord step when
+        ``chord`` and it contracts, else a Newton step. Returns (p, rate, res, n_rates)."""
+        if chord and self.lu is not None:
+            q, r, res_q = self._trial(p, rate, vol)
+            if res_q <= self.CHORD_RATIO * res:
+                return q, r, res_q, 1
+            self.n_rejected += 1
+            self.factor(p)
+            return (*self._trial(p, rate, vol), 2)
+        self.factor(p)
+        return (*self._trial(p, rate, vol), 1)
 
 
 def _single_threaded_blas():
@@ -385,25 +418,26 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     rate_max = op.max_rate()
     rate = op.rate(p)
     res = np.abs(rate).sum() * vol
-    status, it, n_factor, ratio = "max_iter", 0, 0, 1.0
+    status, it, chord = "max_iter", 0, False
     solver = _DirectSolver(op) if direct else None
     for it in range(1, max_iter + 1):
+        prev = res
         if direct:
-            p, refactored = solver.step(p, rate, ratio)
-            n_factor += refactored
+            p, rate, res, n_rates = solver.step(p, rate, res, chord, vol)
+            n_rhs += n_rates
         else:
             p, nmv = _newton_krylov(op, p, vol, krylov_tol)
-            n_rhs += nmv
-        p /= p.sum() * vol
+            n_rhs += nmv + 1
+            p /= p.sum() * vol
+            rate = op.rate(p)
+            res = np.abs(rate).sum() * vol
         if not np.all(np.isfinite(p)):
             raise SolverError("the stationary solve produced NaN; the grid is too coarse")
-        rate = op.rate(p)
-        n_rhs += 1
-        res, prev = np.abs(rate).sum() * vol, res
-        ratio = res / prev if prev > 0 else 0.0
+        chord = res <= _DirectSolver.CHORD_RATIO * prev
         if res / rate_max < tol:
             status = "converged"
             break
+    n_factor = solver.n_factor if direct else 0
     kind = f"Newton/chord steps ({n_factor} LU)" if direct else "Newton-GMRES steps"
     msg = (f"converged in {it} {kind}, relative residual {res / rate_max:.2e}"
            if status == "converged" else
@@ -411,7 +445,8 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
            f"(> tol {tol:g})")
     return SolveResult(p=p.reshape(op.shape), t=None, success=status == "converged",
                        status=status, message=msg, n_iter=it, n_rhs=n_rhs, residual=res,
-                       history={"factorisations": n_factor},
+                       history={"factorisations": n_factor,
+                                "rejected_chord_steps": solver.n_rejected if direct else 0},
                        residual_rel=res / rate_max, mass_error=abs(p.sum() * vol - 1.0),
                        min_density=float(p.min()), wall_time_s=time.perf_counter() - start)
 
