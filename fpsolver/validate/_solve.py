@@ -1,7 +1,8 @@
 """The one place the validation calls the finite-volume solver (:mod:`fpsolver.solve`).
 
 :func:`solve` runs a case on an n^(2d) grid exactly as ``fpsolver run`` does (stationary
-Newton solve, or SSP-RK3 to ``run.t_final``) and returns the density, the current and the
+Newton solve, or time stepping to ``run.t_final`` with ``run.scheme``: SSP-RK3, or ROS2
+where "auto" finds the explicit step too stiff) and returns the density, the current and the
 errors of :func:`fpsolver.analysis.compare`; :func:`transient_history` the mean of a
 transient at regularly spaced times. Wall times exclude the one-off JIT compilation
 (a throwaway solve on the smallest grid warms the kernels first).
@@ -16,7 +17,8 @@ import numpy as np
 from .. import analysis
 from ..commands.run import KRYLOV_MIN_TOL
 from ..grid import MIN_CELLS
-from ..solve import StorageTracker, evolve, setup_problem, stationary, use_direct
+from ..solve import (StorageTracker, choose_scheme, evolve, implicit_step_size, setup_problem,
+                     stationary, step_size, use_direct)
 
 _WARM = set()  # phase-space dimensions whose kernels are compiled
 
@@ -47,7 +49,7 @@ def _run(problem, case, trackers=()):
         tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
         return stationary(problem.op, tol=tol)
     return evolve(problem.op, problem.p0, problem.t_final, dt=case.run.dt,
-                  safety=case.run.safety, trackers=trackers)
+                  safety=case.run.safety, trackers=trackers, scheme=case.run.scheme)
 
 
 def _warm_up(case):
@@ -79,7 +81,9 @@ def transient_history(case, cells, n_times):
     about ``n_times`` times evenly spaced in (0, t_final]."""
     _warm_up(case)
     problem = setup_problem(case, cells=cells)
-    steps = int(np.ceil(problem.t_final / (case.run.safety / problem.op.max_rate())))
+    scheme = choose_scheme(problem.op, case.run.scheme)
+    sizer = implicit_step_size if scheme == "implicit" else step_size
+    _, steps = sizer(problem.op, problem.t_final, case.run.dt, case.run.safety)
     store = StorageTracker(interval=max(1, steps // n_times))
     _run(problem, case, trackers=[store])
     times = np.array(store.times[1:])

@@ -2,9 +2,8 @@
 
 Each entry: a Case (stationary: no ``run.t_final``) and the transient variant, started
 from a Gaussian displaced by two stationary standard deviations in θ with covariance
-0.25 × the stationary one, run for a number of rotation periods (underdamped) or for
-eight velocity relaxation times 1/(2γ) (overdamped: the explicit steps are limited by the
-stiff velocity diffusion, so longer runs cost minutes).
+0.25 × the stationary one, run for a number of rotation periods (underdamped) or of
+e-folding times of the slow position mode (overdamped; the solver steps it implicitly).
 """
 
 import numpy as np
@@ -51,16 +50,15 @@ def stationary_case(name):
     return case_from_dict({"name": name.replace(" ", "_"), **spec})
 
 
-OVERDAMPED_RELAXATIONS = 8  # velocity relaxation times 1/(2γ) of an overdamped transient
-
-
 def transient_time(model, periods):
-    """``periods`` periods 2π/f of the slowest underdamped mode, else
-    OVERDAMPED_RELAXATIONS velocity relaxation times 1/(2γ) (continuous time t = kη)."""
-    _, damped = theory.rotation_frequencies(model)
+    """``periods`` periods 2π/f of the slowest underdamped mode, else ``periods``
+    e-folding times 1/(γ − √(γ² − ω²)) of the slowest overdamped mode (t = kη)."""
+    omega, damped = theory.rotation_frequencies(model)
     if np.all(damped > 0):
         return float(periods * 2 * np.pi / damped.min())
-    return float(OVERDAMPED_RELAXATIONS / (2 * model.gamma))
+    gamma = model.gamma
+    slow = gamma - np.sqrt(np.clip(gamma ** 2 - omega ** 2, 0, None))
+    return float(periods / slow.min())
 
 
 def transient_case(name, periods=1):

@@ -79,9 +79,10 @@ Cases: the default; strong weight decay (λ = h = 0.1); high momentum (β = 0.99
 overdamped plain SGD (β = 0, η = 0.02); non-commuting noise (d = 2, 4-D phase space,
 stationary only, grid width 5.5 sd; {four_d}). Transients start from a Gaussian displaced
 by {cases.DISPLACEMENT_SD:g} stationary sd in θ with {cases.INITIAL_COV_SCALE:g} × the
-stationary covariance and run for {plan.periods} rotation period(s) (overdamped:
-{cases.OVERDAMPED_RELAXATIONS} velocity relaxation times 1/(2γ), as explicit steps are
-limited by the stiff velocity diffusion there).
+stationary covariance and run for {plan.periods} rotation period(s) (overdamped: as many
+e-folding times of the slow position mode). Time stepping as `fpsolver run` does it:
+SSP-RK3, or ROS2 (linearly implicit, one LU) where the explicit step is too stiff (the
+overdamped case).
 
 {table}
 
