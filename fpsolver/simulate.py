@@ -35,6 +35,7 @@ from numba.extending import intrinsic, overload
 
 from . import theory
 from .errors import SolverError, UserError
+from .fv.policy import num_threads
 
 BATCHES = ("iid", "reshuffle")
 NOISE = ("auto", "gaussian")
@@ -413,25 +414,12 @@ def _advance_block(b, bounds, theta, buf, rng, perm, pos,
 
 
 @njit(cache=True, parallel=True)
-def _advance_parallel(bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
-                      x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
-                      record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
-                      sums):
-    """:func:`_advance_block` over all blocks, in parallel (one block per task)."""
-    for b in prange(bounds.shape[0] - 1):
-        _advance_block(b, bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
-                       x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
-                       record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
-                       sums)
-
-
-@njit(cache=True)
-def _advance_serial(bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
+def _advance_blocks(bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
                     x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
                     record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
                     sums):
-    """:func:`_advance_block` over all blocks on the calling thread."""
-    for b in range(bounds.shape[0] - 1):
+    """:func:`_advance_block` over all blocks, one block per task (threads: the caller's)."""
+    for b in prange(bounds.shape[0] - 1):
         _advance_block(b, bounds, theta, buf, rng, perm, pos, lr, beta, wd, kmat, mu, root,
                        x_data, y_data, batch_size, reshuffle, k0, n_steps, burn_in,
                        record_every, theta0, mom1, mom2, delta_sum, delta_sq, traj, vec, pair,
@@ -586,7 +574,6 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
     total = burn_in + steps
     if parallel is None:
         parallel = chains * total >= PARALLEL_MIN_CHAIN_STEPS and chains > 1
-    kernel = _advance_parallel if parallel else _advance_serial
     coefficients, x_data, y_data, batch_size = _kernel_inputs(model, use_data)
     n_samples = len(y_data)
     reshuffle = batches == "reshuffle" and use_data
@@ -602,8 +589,8 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
     trajectory = np.zeros((n_traj, traj_steps + 1, 2 * d))
     trajectory[:, 0, :d] = theta0
     seg = max(1, SEGMENT_CHAIN_STEPS // chains)
-    bar = _progress_bar(chains * total, progress)
-    try:
+    with num_threads(None if parallel else 1), \
+            _progress_bar(chains * total, progress) as bar:
         for lo in range(0, chains, chunk):
             hi = min(chains, lo + chunk)
             n = hi - lo
@@ -622,9 +609,10 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
             m1, m2 = mom1[lo:hi], mom2[lo:hi]
             for k0 in range(0, total, seg):
                 n_steps = min(seg, total - k0)
-                kernel(bounds, theta, buf, rng, perm, pos, *coefficients, x_data, y_data,
-                       batch_size, reshuffle, k0, n_steps, burn_in, record_every, theta0,
-                       m1, m2, dsum, dsq, traj_chunk, *templates)
+                _advance_blocks(bounds, theta, buf, rng, perm, pos, *coefficients, x_data,
+                                y_data, batch_size, reshuffle, k0, n_steps, burn_in,
+                                record_every, theta0, m1, m2, dsum, dsq, traj_chunk,
+                                *templates)
                 if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(buf))):
                     raise SolverError(
                         f"Monte-Carlo SGD diverged by step {k0 + n_steps}: the second moments "
@@ -633,8 +621,6 @@ def simulate_sgd(model, chains, steps, burn_in=None, seed=0, batches="iid", thet
                 bar.update(n * n_steps)
             delta_sum += dsum.sum(axis=0)
             delta_sq += dsq.sum(axis=0)
-    finally:
-        bar.close()
     samples = len(range(0, steps, record_every))
     stats = _moments(model, mom1 / samples, mom2 / samples)
     delta = delta_sum / chains

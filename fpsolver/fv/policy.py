@@ -18,11 +18,16 @@ helper = numba.njit(cache=True, fastmath=False, nogil=True, inline="always")
 
 
 @contextlib.contextmanager
-def threads_for(n_cells):
-    """Run the enclosed kernels on one thread below PARALLEL_MIN_CELLS cells, else on all."""
+def num_threads(n=None):
+    """Run the enclosed numba kernels on ``n`` threads (None: all of NUMBA_NUM_THREADS)."""
     old = numba.get_num_threads()
-    numba.set_num_threads(1 if n_cells < PARALLEL_MIN_CELLS else numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if n is None else n)
     try:
         yield
     finally:
         numba.set_num_threads(old)
+
+
+def threads_for(n_cells):
+    """Context: one thread below PARALLEL_MIN_CELLS cells, else all."""
+    return num_threads(1 if n_cells < PARALLEL_MIN_CELLS else None)
