@@ -1,7 +1,7 @@
 """Benchmark: the finite-volume Fokker-Planck solver against a plain scipy reference.
 
     python benchmarks/solver.py [--out benchmarks/results/solver.json] [--threads 2]
-        [--four-d 32] [--repeats 2]
+        [--four-d 32] [--repeats 2] [--sections NAME ...]
 
 Sections (one JSON object, same machine and run):
 
@@ -341,6 +341,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--four-d", type=int, default=32, help="cells per axis of the 4-D solve")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--sections", nargs="+", metavar="NAME",
+                    help="run only these sections (e.g. stationary_4d with --four-d 64)")
     args = ap.parse_args(argv)
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     import numba
@@ -355,6 +357,8 @@ def main(argv=None):
                      ("throughput", lambda: throughput(args.repeats)),
                      ("stationary_4d", lambda: stationary_4d(args.four_d)),
                      ("cli_warm", cli_warm)):
+        if args.sections and name not in args.sections:
+            continue
         t0 = time.perf_counter()
         result[name] = fn()
         print(f"{name}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
