@@ -482,6 +482,14 @@ def use_direct(op):
     return op.grid.ndim == 2 and op.size <= DIRECT_MAX_CELLS
 
 
+KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
+
+
+def stationary_tolerance(op, steady_tol):
+    """Newton tolerance: ``steady_tol`` for the direct solve, at least KRYLOV_MIN_TOL for GMRES."""
+    return steady_tol if use_direct(op) else max(steady_tol, KRYLOV_MIN_TOL)
+
+
 def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3):
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 

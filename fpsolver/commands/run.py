@@ -5,7 +5,6 @@ from pathlib import Path
 
 from . import add_case_argument, case_from_args
 
-KRYLOV_MIN_TOL = 1e-7  # relative residual reachable in budget by the 4-D GMRES solve
 
 
 def add_parser(subparsers):
@@ -71,7 +70,7 @@ def run(args):
     from ..io import atomic_savez, atomic_write_json
     from ..solve import (CheckpointTracker, ConservationTracker,
                          ProgressTracker, evolve, load_checkpoint, setup_problem, stationary,
-                         use_direct)
+                         stationary_tolerance, use_direct)
 
     start = time.perf_counter()
     case = case_from_args(args)
@@ -90,15 +89,12 @@ def run(args):
     had_ckpt = ckpt.exists()
     try:
         if problem.t_final is None:
-            direct = use_direct(op)
-            tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
-            result = stationary(op, tol=tol)
-            solver = "newton-lu" if direct else "newton-gmres-af"
+            result = stationary(op, tol=stationary_tolerance(op, case.run.steady_tol))
+            solver = "newton-lu" if use_direct(op) else "newton-gmres-af"
             if not result.success:
                 raise UserError(f"stationary solve did not converge: {result.message}")
         else:
             resume = load_checkpoint(ckpt, key) if (args.resume and had_ckpt) else None
-            tol = case.run.steady_tol
             tracker = CheckpointTracker(ckpt, key, every_s=args.checkpoint_every)
             trackers = [ProgressTracker(enabled=not args.no_progress),
                         ConservationTracker(interval=10)]

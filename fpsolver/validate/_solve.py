@@ -15,10 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import analysis
-from ..commands.run import KRYLOV_MIN_TOL
 from ..grid import MIN_CELLS
 from ..solve import (StorageTracker, choose_scheme, evolve, implicit_step_size, setup_problem,
-                     stationary, step_size, use_direct)
+                     stationary, stationary_tolerance, step_size)
 
 _WARM = set()  # phase-space dimensions whose kernels are compiled
 
@@ -45,9 +44,7 @@ class Outcome:
 
 def _run(problem, case, trackers=()):
     if problem.t_final is None:
-        direct = use_direct(problem.op)
-        tol = case.run.steady_tol if direct else max(case.run.steady_tol, KRYLOV_MIN_TOL)
-        return stationary(problem.op, tol=tol)
+        return stationary(problem.op, tol=stationary_tolerance(problem.op, case.run.steady_tol))
     return evolve(problem.op, problem.p0, problem.t_final, dt=case.run.dt,
                   safety=case.run.safety, trackers=trackers, scheme=case.run.scheme)
 
