@@ -168,10 +168,7 @@ def fig_animation():
     """The default case's density flowing to the stationary state (GIF)."""
     case = default_case()
     model = build_model(case)
-    try:
-        movie = animate.solver_movie(case, model, 48, cells=64, progress=False)
-    except (AttributeError, NotImplementedError, ImportError):
-        movie = animate.exact_movie(case, model, 48, cells=96)
+    movie = animate.solver_movie(case, model, 48, cells=64, progress=False)
     path, writer = animate.render(movie, OUT / "default.gif", fps=10, size=(480, 360),
                                   progress=False)
     return {"source": movie.source, "writer": writer, "frames": movie.n_frames}
