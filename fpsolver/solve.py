@@ -287,14 +287,26 @@ class _Ros2:
         out[:] = p + dt * (1.5 * k1 + 0.5 * k2)
 
 
-def _ssp_rk3(op, p, dt, k, out):
-    """One Shu-Osher SSP-RK3 step p → out (flat arrays); ``k`` is scratch."""
+def _ssp_rk3(op, p, dt, k, stage, out):
+    """One Shu-Osher SSP-RK3 step p → out (flat arrays, in place: no allocation per step).
+
+    ``k`` and ``stage`` are scratch arrays of p's size (4-D grids hold 10⁷ cells).
+    """
     op.rate(p, out=k)
-    p1 = p + dt * k
-    op.rate(p1, out=k)
-    p2 = 0.75 * p + 0.25 * (p1 + dt * k)
-    op.rate(p2, out=k)
-    out[:] = p / 3.0 + (2.0 / 3.0) * (p2 + dt * k)
+    np.multiply(k, dt, out=stage)
+    stage += p                                   # p1 = p + Δt L(p)
+    op.rate(stage, out=k)
+    k *= dt
+    stage += k
+    stage *= 0.25
+    np.multiply(p, 0.75, out=out)
+    stage += out                                 # p2 = ¾p + ¼(p1 + Δt L(p1))
+    op.rate(stage, out=k)
+    k *= dt
+    stage += k
+    stage *= 2.0 / 3.0
+    np.multiply(p, 1.0 / 3.0, out=out)
+    out += stage                                 # p3 = ⅓p + ⅔(p2 + Δt L(p2))
 
 
 def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, resume=None,
@@ -324,14 +336,14 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
         cons = ConservationTracker(interval=max(1, n_steps // 100))
         trackers.append(cons)
     state = State(p, step * dt, step, n_steps, dt, op)
-    k, out = np.empty_like(p), np.empty_like(p)
+    k, stage, out = np.empty_like(p), np.empty_like(p), np.empty_like(p)
     status = "t_final"
     for tr in trackers:
         tr.start(state)
     try:
         while state.step < n_steps:
             if ros2 is None:
-                _ssp_rk3(op, state.p, dt, k, out)
+                _ssp_rk3(op, state.p, dt, k, stage, out)
             else:
                 ros2(state.p, out)
             state.p, out = out, state.p
