@@ -86,10 +86,9 @@ def fig_stationary():
     case = default_case()
     model = build_model(case)
     problem = setup_problem(case, model, 96)
-    with np.errstate(under="ignore"):
-        result = stationary(problem.op)
-        j = problem.op.current(result.p)
-        err = compare(problem, result)
+    result = stationary(problem.op)
+    j = problem.op.current(result.p)
+    err = compare(problem, result)
     centres = problem.grid.centers
     fig = plt.figure(figsize=(10, 4))
     gs = fig.add_gridspec(2, 2, width_ratios=(1.5, 1))
@@ -149,9 +148,8 @@ def fig_convergence():
     l1, cur = [], []
     for n in cells:
         problem = setup_problem(case, model, n)
-        with np.errstate(under="ignore"):
-            result = stationary(problem.op)
-            err = compare(problem, result)
+        result = stationary(problem.op)
+        err = compare(problem, result)
         l1.append(err["l1_error"])
         cur.append(err["current_l1_rel_error"])
     fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -225,8 +223,7 @@ def fig_position_current():
     centres = [0.5 * (e[1:] + e[:-1]) for e in edges]
     z = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1)
     p = theory.gaussian_cell_averages(model.mu, p_ss[:2, :2], edges)
-    with np.errstate(under="ignore"):
-        j = animate.plane_current(model, model.stationary_mean, p_ss, (0, 1), z)
+    j = animate.plane_current(model, model.stationary_mean, p_ss, (0, 1), z)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     plots.density_current(*centres, p, (j[..., 0], j[..., 1]), ax=ax, labels=("θ₁", "θ₂"))
     ax.set_title("Σ not commuting with H: p(θ) and the position-space current\n"

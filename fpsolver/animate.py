@@ -60,6 +60,7 @@ def default_duration(model):
     return RELAXATION_TIMES / float(np.min(np.linalg.eigvals(model.drift).real))
 
 
+@np.errstate(under="ignore")  # far-tail currents flush to zero
 def plane_current(model, mean, cov, plane, z):
     """Marginal current on ``plane`` of the Gaussian N(mean, cov) at plane points z (..., 2).
 
@@ -163,9 +164,8 @@ def exact_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None):
     density, current = [], []
     for t in times:
         m, c = theory.transient_moments(model, mean0, cov0, t)
-        with np.errstate(under="ignore"):  # far-tail densities and currents flush to 0
-            density.append(theory.gaussian_cell_averages(m[s], c[np.ix_(s, s)], edges))
-            current.append(np.moveaxis(plane_current(model, m, c, plane, centres), -1, 0))
+        density.append(theory.gaussian_cell_averages(m[s], c[np.ix_(s, s)], edges))
+        current.append(np.moveaxis(plane_current(model, m, c, plane, centres), -1, 0))
     return _movie(model, times, edges, np.array(density), np.array(current), exact, plane,
                   "exact")
 
@@ -195,20 +195,18 @@ def solver_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None,
     times = _frame_times(model, n_frames, t_final)
     run_case = case.replace(run={"t_final": float(times[-1]),
                                  "initial_mean": tuple(float(v) for v in mean0)})
-    with np.errstate(under="ignore"):  # far-tail cell averages of the start flush to 0
-        problem = setup_problem(run_case, model, cells)
+    problem = setup_problem(run_case, model, cells)
     grid, op = problem.grid, problem.op
     s = list(plane)
     volume_rest = float(np.prod([h for a, h in enumerate(grid.spacing) if a not in s]))
     p = problem.p0
     density, current = [], []
     for j in tqdm(range(n_frames), desc="solving", unit="frame", disable=not progress):
-        with np.errstate(under="ignore"):  # tail densities and fluxes ~1e-300 flush to 0
-            if j > 0:
-                p = evolve(op, p, times[j] - times[j - 1]).p
-            density.append(_plane_marginal(p, s, volume_rest))
-            flux = op.current(p)
-            current.append([_plane_marginal(flux[a], s, volume_rest) for a in s])
+        if j > 0:
+            p = evolve(op, p, times[j] - times[j - 1]).p
+        density.append(_plane_marginal(p, s, volume_rest))
+        flux = op.current(p)
+        current.append([_plane_marginal(flux[a], s, volume_rest) for a in s])
     exact = _exact_marginals(model, mean0, cov0, times, plane)
     edges = [grid.edges[a] for a in s]
     return _movie(model, times, edges, np.array(density), np.array(current), exact, plane,

@@ -113,6 +113,7 @@ def rotation_Q(model):
     return (q - q.T) / 2
 
 
+@np.errstate(under="ignore")  # far-tail currents flush to zero
 def gaussian_current(model, mean, cov, z):
     """Exact probability current J = −A(z − z_μ)p − D∇p (..., 2d) of a Gaussian p = N(mean, cov)."""
     z = np.asarray(z, dtype=float)
