@@ -1,28 +1,46 @@
-"""Benchmark: the finite-volume Fokker-Planck solver against a plain scipy reference.
+"""Benchmark: the finite-volume Fokker-Planck solver against FiPy and plain scipy references.
 
     python benchmarks/solver.py [--out benchmarks/results/solver.json] [--threads 2]
-        [--four-d 32] [--repeats 2] [--sections NAME ...]
+        [--four-d 32] [--repeats 2] [--fipy-cap-s 240] [--fipy-cap-mb MB]
+        [--sections NAME ...]
 
 Sections (one JSON object, same machine and run):
 
 * ``stationary_2d``: default case (d = 1, width 6), fpsolver (Newton + sparse LU on the
   MUSCL scheme) vs a central finite-volume discretisation assembled with scipy and solved
-  by sparse LU (one factorisation): wall time and L1 error per grid, and the time to reach
-  L1 = 1e-2 and 1e-3 (the cheapest grid that does). Target: L1 ≤ 1e-3 in ≤ 0.5 s.
-  FiPy (:mod:`fpsolver.fipy_check`: upwind, exponential and central convection terms,
-  scipy LU) on the same grids; ``time_to_l1`` per solver and ``ratio_to_fpsolver`` (their
-  time / fpsolver's). First-order FiPy schemes do not reach the targets on these grids:
-  ``extrapolated_time_to_l1`` then estimates the time from the last two grids (L1 ∝ n^−q,
-  time ∝ n^s, fitted), marked as an extrapolation.
+  by sparse LU (one factorisation): wall time and L1 error per grid (48² … 256²), and the
+  time to reach L1 = 1e-2 and 1e-3 (the cheapest grid that does). Target: L1 ≤ 1e-3 in
+  ≤ 0.5 s. FiPy (:mod:`fpsolver.fipy_check`: upwind, exponential and central convection
+  terms, scipy LU; its own wall time, mesh to residual, and peak resident memory) on the
+  same grids; ``time_to_l1`` per solver and ``ratio_to_fpsolver`` (their time /
+  fpsolver's). The first-order FiPy schemes (upwind, exponential) do not reach L1 = 1e-2
+  by 256², so only they go on to larger grids (384² … 2048²) until L1 ≤ 1e-2 is measured.
+  Guard: before each larger grid its solve time and peak memory are predicted from the
+  last two grids (power laws in n, exponents at least 1) and that grid and the larger ones
+  are skipped once a prediction exceeds ``--fipy-cap-s`` (default 240 s per solve) or
+  ``--fipy-cap-mb`` (default half the memory available at start); ``fipy_extension``
+  records the caps and each skipped grid with its predictions and reason. For a scheme
+  that still misses a target, ``extrapolated_time_to_l1`` estimates the time from its
+  last two grids (L1 ∝ n^−q, time ∝ n^s, fitted) with the ratio to fpsolver, marked as an
+  extrapolation.
 * ``transient_2d``: oscillator K/m = 1, γ = 0.5 (A = [[0, −1], [1, 1]], D_vv = 0.5) from
   N((1.5, 0), P/4) to t = 5: fpsolver SSP-RK3 ("explicit") and ROS2-W with one LU
-  ("implicit", accuracy step) vs Crank-Nicolson on the central operator with one LU
-  (dt = 0.01). Target: L1 ≤ 3e-3 in ≤ 2 s and ≥ 20× faster than the reference.
+  ("implicit", accuracy step) vs Crank-Nicolson on the central operator with one LU. The
+  reference gets, per grid, the largest step its accuracy allows: dt is halved from 0.4
+  until halving changes L1 by < 1 % (or dt = 0.4/2⁹), and the largest dt whose L1, and
+  that of every smaller dt, is within 5 % of the smallest dt's L1 is chosen (time error
+  negligible against space error); its time (best of ``--repeats``) enters
+  ``time_to_l1``, and each grid records ``dt`` and the ladder (dt, wall time, L1).
+  Target: L1 ≤ 3e-3 in ≤ 2 s and ≥ 20× faster than the reference.
 * ``stiff_2d``: plain SGD with η = 0.01 (strong friction): explicit vs implicit ("auto").
-* ``throughput``: cell updates/s of the explicit rate kernel (2-D 256², 4-D 32⁴) on 1 and
-  ``--threads`` threads, as a fraction of the memory-bandwidth bound (numpy copy bandwidth
-  / bytes a cell update must move: p, the 2d face velocities, the result). On a shared
-  machine the second thread can be slower than one (it waits for a busy core).
+* ``throughput``: cell updates/s of the explicit rate kernel on 1 and ``--threads``
+  threads, as a fraction of the memory-bandwidth bound: numpy copy bandwidth (128 MiB
+  array) / 16 bytes per cell update (p read, result written, float64; the kernel computes
+  face velocities from affine coefficients and reads no velocity array). Grids in cache
+  (2-D 256², 4-D 32⁴) and beyond the last-level cache (2-D 2048², 4-D 64⁴: 34 and
+  134 MB per array), where memory actually bounds the kernel; each records its array size
+  and whether p and the result fit in the last-level cache. On a shared machine the
+  second thread can be slower than one (it waits for a busy core).
 * ``stationary_4d``: THEORY.md §13 non-commuting case at ``--four-d`` cells per axis
   (Newton-GMRES); the 64⁴ target (≤ 5 min on 2 cores) needs ``--four-d 64``.
 * ``cli_warm``: wall time of a second ``fpsolver run`` on the default case (JIT cache warm).
@@ -38,18 +56,19 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 
-def _best(fn, repeats):
-    """(min wall time over repeats, last result)."""
+def _best(repeats, fn, *args, **kwargs):
+    """(min wall time of fn(*args, **kwargs) over repeats, last result)."""
     best, out = np.inf, None
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args, **kwargs)
         best = min(best, time.perf_counter() - t0)
     return best, out
 
@@ -100,7 +119,7 @@ def crank_nicolson(grid, model_arrays, p0, t_final, dt):
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
     m = central_operator(grid, *model_arrays)
-    n = max(1, int(round(t_final / dt)))
+    n = max(1, round(t_final / dt))
     dt = t_final / n
     eye = sp.identity(m.shape[0], format="csc")
     lu = spla.splu((eye - 0.5 * dt * m).tocsc())
@@ -120,53 +139,137 @@ def _time_to(results, key, targets):
     return out
 
 
-def _extrapolated_time_to(results, targets):
+def _exponent(a, b, key, floor=-np.inf):
+    """Power-law exponent of entry field ``key`` in the cell count between entries a, b
+    (at least ``floor``)."""
+    return max(floor, float(np.log(b[key] / a[key]) / np.log(b["cells"] / a["cells"])))
+
+
+def _extrapolated_time_to(results, targets, fp_times):
     """Time to reach each L1 target extrapolated from the last two entries (power laws in
-    the cell count); the measured time where a grid reaches it."""
+    the cell count), with its ratio to fpsolver's measured time."""
     a, b = results[-2], results[-1]
-    q = np.log(a["l1"] / b["l1"]) / np.log(b["cells"] / a["cells"])
-    s = np.log(b["wall_s"] / a["wall_s"]) / np.log(b["cells"] / a["cells"])
+    q = -_exponent(a, b, "l1")
+    s = _exponent(a, b, "wall_s")
     out = {}
     for tgt in targets:
         n = b["cells"] * (b["l1"] / tgt) ** (1 / q) if q > 0 else np.inf
-        out[f"{tgt:g}"] = {"cells": float(n), "wall_s": float(b["wall_s"] * (n / b["cells"]) ** s),
-                           "order": float(q), "time_exponent": float(s)}
+        wall = float(b["wall_s"] * (n / b["cells"]) ** s)
+        fp = fp_times[f"{tgt:g}"]
+        out[f"{tgt:g}"] = {"cells": float(n), "wall_s": wall, "order": float(q),
+                           "time_exponent": float(s),
+                           "ratio_to_fpsolver": wall / fp if fp else None}
     return out
 
 
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Peak resident memory (bytes) above the level at entry, sampled every 10 ms from
+    /proc/self/statm by a thread (SuperLU releases the GIL, so its factors are seen).
+    A lower bound: memory freed earlier and reused by the allocator is not counted."""
+
+    def __enter__(self):
+        self.base = self.peak = _rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+    @property
+    def used(self):
+        return self.peak - self.base
+
+
 FIPY_SCHEMES = ("upwind", "exponential", "central")
+STATIONARY_GRIDS = (48, 64, 96, 128, 160, 192, 256)
+FIPY_FIRST_ORDER = ("upwind", "exponential")  # extended until L1 ≤ FIPY_EXTEND_TARGET
+FIPY_EXTRA_GRIDS = (384, 512, 640, 800, 1024, 1280, 1600, 2048)
+FIPY_EXTEND_TARGET = 1e-2
 
 
-def stationary_2d(repeats):
+def _stationary_case(case, n):
+    """(problem, exact stationary cell averages) of ``case`` on n² cells."""
+    from fpsolver import theory
+    from fpsolver.solve import setup_problem
+    prob = setup_problem(case, cells=n)
+    return prob, theory.gaussian_cell_averages(*prob.stationary, prob.grid.edges)
+
+
+def _fipy_stationary(prob, exact, scheme):
+    """One FiPy stationary solve (its own wall time, mesh to residual) with its L1 error and
+    peak memory."""
     import warnings
 
-    from fpsolver import fipy_check, theory
+    from fpsolver import fipy_check
+    with warnings.catch_warnings(), PeakRSS() as mem:
+        warnings.simplefilter("ignore")
+        res = fipy_check.solve_stationary(prob.model, prob.grid, scheme)
+    g = prob.grid
+    return {"cells": g.shape[0], "wall_s": res.wall_time_s,
+            "l1": float(np.abs(res.p - exact).sum() * g.cell_volume),
+            "residual_rel": res.residual, "peak_rss_MB": max(mem.used, 1) / 1e6}
+
+
+def _extend_fipy(case, scheme, runs, cap_s, cap_mb):
+    """Append FiPy runs on FIPY_EXTRA_GRIDS until L1 ≤ FIPY_EXTEND_TARGET. Before each grid
+    its wall time and memory are predicted from the last two runs (power laws in n, exponents
+    at least 1); once a prediction exceeds a cap that grid and the larger ones are skipped.
+    Returns the skipped grids with their predictions and the reason."""
+    for i, n in enumerate(FIPY_EXTRA_GRIDS):
+        if runs[-1]["l1"] <= FIPY_EXTEND_TARGET:
+            return []
+        a, b = runs[-2], runs[-1]
+        se, me = _exponent(a, b, "wall_s", 1.0), _exponent(a, b, "peak_rss_MB", 1.0)
+        pred = [(m, b["wall_s"] * (m / b["cells"]) ** se,
+                 b["peak_rss_MB"] * (m / b["cells"]) ** me) for m in FIPY_EXTRA_GRIDS[i:]]
+        if pred[0][1] > cap_s or pred[0][2] > cap_mb:
+            return [{"cells": m, "predicted_wall_s": t, "predicted_peak_rss_MB": mb,
+                     "reason": (f"predicted {t:.0f} s > cap {cap_s:g} s" if t > cap_s else
+                                f"predicted {mb:.0f} MB > cap {cap_mb:.0f} MB")}
+                    for m, t, mb in pred]
+        prob, exact = _stationary_case(case, n)
+        runs.append(_fipy_stationary(prob, exact, scheme))
+        print(f"  fipy_{scheme} {n}²: {runs[-1]['wall_s']:.1f} s, L1 {runs[-1]['l1']:.2e}",
+              file=sys.stderr)
+    return []
+
+
+def stationary_2d(repeats, cap_s, cap_mb):
     from fpsolver.case import default_case
-    from fpsolver.solve import setup_problem, stationary
+    from fpsolver.solve import stationary
     case = default_case()
     fp, ref = [], []
     fipy = {s: [] for s in FIPY_SCHEMES}
-    for n in (48, 64, 96, 128, 160, 192, 256):
-        prob = setup_problem(case, cells=n)
+    for n in STATIONARY_GRIDS:
+        prob, exact = _stationary_case(case, n)
         g, model = prob.grid, prob.model
-        exact = theory.gaussian_cell_averages(*prob.stationary, g.edges)
         stationary(prob.op, max_iter=1)  # JIT warm-up
-        wall, res = _best(lambda: stationary(prob.op), repeats)
+        wall, res = _best(repeats, stationary, prob.op)
         fp.append({"cells": n, "wall_s": wall, "l1": float(np.abs(res.p - exact).sum()
                                                             * g.cell_volume),
                    "newton_steps": res.n_iter, "residual_rel": res.residual_rel})
         arrays = (model.drift, model.diffusion, model.stationary_mean)
-        wall, p = _best(lambda: central_stationary(g, arrays), repeats)
+        wall, p = _best(repeats, central_stationary, g, arrays)
         ref.append({"cells": n, "wall_s": wall,
                     "l1": float(np.abs(p - exact).sum() * g.cell_volume),
                     "min_density_rel": float(p.min() / p.max())})
         for scheme in FIPY_SCHEMES:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                res = fipy_check.solve_stationary(model, g, scheme)
-            fipy[scheme].append({"cells": n, "wall_s": res.wall_time_s,
-                                 "l1": float(np.abs(res.p - exact).sum() * g.cell_volume),
-                                 "residual_rel": res.residual})
+            fipy[scheme].append(_fipy_stationary(prob, exact, scheme))
+    skipped = {f"fipy_{s}": _extend_fipy(case, s, fipy[s], cap_s, cap_mb)
+               for s in FIPY_FIRST_ORDER}
     targets = (1e-2, 1e-3)
     runs = {"fpsolver": fp, "scipy_central_lu": ref,
             **{f"fipy_{k}": v for k, v in fipy.items()}}
@@ -174,14 +277,49 @@ def stationary_2d(repeats):
     fp_t = times["fpsolver"]
     ratios = {k: {t: (v[t] / fp_t[t]) if (v[t] and fp_t[t]) else None for t in v}
               for k, v in times.items() if k != "fpsolver"}
-    extrapolated = {k: _extrapolated_time_to(v, targets) for k, v in runs.items()
+    extrapolated = {k: _extrapolated_time_to(v, targets, fp_t) for k, v in runs.items()
                     if any(x is None for x in times[k].values())}
     return {**runs, "time_to_l1": times, "ratio_to_fpsolver": ratios,
             "extrapolated_time_to_l1": extrapolated,
+            "fipy_extension": {"grids": list(FIPY_EXTRA_GRIDS), "until_l1": FIPY_EXTEND_TARGET,
+                               "cap_wall_s": cap_s, "cap_peak_rss_MB": cap_mb,
+                               "skipped": skipped},
             "target_l1_1e-3_within_0.5s": fp_t["0.001"] is not None and fp_t["0.001"] <= 0.5,
             "target_100x_faster_than_fipy_to_1e-2": {
                 k: (r["0.01"] >= 100) if r["0.01"] else None
                 for k, r in ratios.items() if k.startswith("fipy")}}
+
+
+CN_DT_START = 0.4  # Crank-Nicolson dt ladder: halved from here (≈ period/16)
+CN_DT_MIN = CN_DT_START / 2 ** 9
+CN_CONVERGED = 0.01  # ladder stops once halving dt changes L1 by less than this (relative)
+CN_TIME_ERROR_TOL = 0.05  # chosen dt: L1 within this of the smallest dt's L1
+
+
+def _crank_nicolson_fair(g, arrays, p0, exact, t_final, repeats):
+    """Crank-Nicolson at the largest dt whose time error is negligible: dt halved from
+    CN_DT_START until L1 changes by < CN_CONVERGED (or CN_DT_MIN); the chosen dt is the
+    largest with its L1 and that of every smaller dt within CN_TIME_ERROR_TOL of the
+    smallest dt's L1. Returns the chosen run (timed over ``repeats``) with the ladder."""
+    def l1(p):
+        return float(np.abs(p - exact).sum() * g.cell_volume)
+
+    ladder, dt, converged = [], CN_DT_START, False
+    while not converged and dt >= CN_DT_MIN:
+        wall, p = _best(1, crank_nicolson, g, arrays, p0, t_final, dt)
+        ladder.append({"dt": dt, "wall_s": wall, "l1": l1(p)})
+        converged = len(ladder) > 1 and (abs(ladder[-2]["l1"] - ladder[-1]["l1"])
+                                         <= CN_CONVERGED * ladder[-1]["l1"])
+        dt /= 2
+    ref_l1 = ladder[-1]["l1"]
+    chosen = ladder[-1]
+    for r in reversed(ladder):
+        if abs(r["l1"] - ref_l1) > CN_TIME_ERROR_TOL * ref_l1:
+            break
+        chosen = r
+    wall, p = _best(repeats, crank_nicolson, g, arrays, p0, t_final, chosen["dt"])
+    return {"cells": g.shape[0], "wall_s": min(wall, chosen["wall_s"]), "dt": chosen["dt"],
+            "l1": l1(p), "ladder_converged": converged, "dt_ladder": ladder}
 
 
 def transient_2d(repeats):
@@ -207,18 +345,18 @@ def transient_2d(repeats):
         exact = theory.gaussian_cell_averages(mt, ct, g.edges)
         evolve(op, p0, 1e-3)  # warm-up
         if n <= 128:  # explicit beyond 128² takes > 10 s
-            wall, res = _best(lambda: evolve(op, p0, t_final), repeats)
+            wall, res = _best(repeats, evolve, op, p0, t_final)
             fp.append({"cells": n, "wall_s": wall, "steps": res.n_steps,
                        "l1": float(np.abs(res.p - exact).sum() * g.cell_volume)})
-        wall, res = _best(lambda: evolve(op, p0, t_final, scheme="implicit"), repeats)
+        wall, res = _best(repeats, evolve, op, p0, t_final, scheme="implicit")
         imp.append({"cells": n, "wall_s": wall, "steps": res.n_steps, "dt": res.dt,
                     "dt_over_explicit_bound": res.dt * op.max_rate(),
                     "mass_error": res.mass_error,
                     "min_density_rel": float(res.p.min() / res.p.max()),
                     "l1": float(np.abs(res.p - exact).sum() * g.cell_volume)})
-        wall, p = _best(lambda: crank_nicolson(g, (a, d, mean), p0, t_final, 0.01), 1)
-        ref.append({"cells": n, "wall_s": wall, "dt": 0.01,
-                    "l1": float(np.abs(p - exact).sum() * g.cell_volume)})
+        ref.append(_crank_nicolson_fair(g, (a, d, mean), p0, exact, t_final, repeats))
+        print(f"  crank_nicolson {n}²: dt {ref[-1]['dt']:g}, L1 {ref[-1]['l1']:.3e}, "
+              f"{ref[-1]['wall_s']:.2f} s", file=sys.stderr)
     targets = (1e-2, 3e-3, 1e-3)
     runs = {"fpsolver_explicit": fp, "fpsolver_implicit": imp, "crank_nicolson_lu": ref}
     times = {k: _time_to(v, "l1", targets) for k, v in runs.items()}
@@ -242,8 +380,8 @@ def stiff_2d(repeats):
     for n in (64, 96):
         prob = setup_problem(case, cells=n)
         op, vol = prob.op, prob.grid.cell_volume
-        t_ex, ex = _best(lambda: evolve(op, prob.p0, prob.t_final), 1)
-        t_im, im = _best(lambda: evolve(op, prob.p0, prob.t_final, scheme="auto"), repeats)
+        t_ex, ex = _best(1, evolve, op, prob.p0, prob.t_final)
+        t_im, im = _best(repeats, evolve, op, prob.p0, prob.t_final, scheme="auto")
         out.append({"cells": n, "auto_scheme": im.history["scheme"],
                     "explicit": {"wall_s": t_ex, "steps": ex.n_steps, "dt": ex.dt,
                                  "l1": compare(prob, ex)["l1_error"]},
@@ -256,62 +394,94 @@ def stiff_2d(repeats):
     return out
 
 
-def _model_4d():
+def _operator_4d(n):
+    """(model, grid, operator) of the THEORY.md §13 non-commuting 4-D case on n⁴ cells."""
+    from fpsolver import theory
+    from fpsolver.fv import FPOperator
+    from fpsolver.grid import sized_grid
     from fpsolver.sgd import PhaseSpaceModel
     h = np.array([[0.755734, 0.379458], [0.379458, 0.309074]])
-    return PhaseSpaceModel.from_arrays(h, 0.245764 * np.array([[2.5, 1.5], [1.5, 2.5]]),
-                                       0.05, 0.9, 0.01, 8)
+    m = PhaseSpaceModel.from_arrays(h, 0.245764 * np.array([[2.5, 1.5], [1.5, 2.5]]),
+                                    0.05, 0.9, 0.01, 8)
+    g = sized_grid((n,) * 4, (m.stationary_mean, theory.stationary_cov(m)), 6.0)
+    return m, g, FPOperator(g, m.drift, m.diffusion, m.stationary_mean)
+
+
+def _last_level_cache_bytes():
+    """Size of the CPU's largest cache level (Linux sysfs), None if unknown."""
+    best = (0, None)
+    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level, size = int((d / "level").read_text()), (d / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        best = max(best, (level, int(size.rstrip("KMG")) * mult))
+    return best[1]
+
+
+BYTES_PER_CELL = 16  # p read + result written, float64; face velocities are computed
+
+
+def _copy_bandwidth():
+    """numpy copy bandwidth (bytes read + written per second) on a 128 MiB array."""
+    src = np.random.default_rng(0).random(1 << 24)
+    t, _ = _best(5, np.copyto, np.empty_like(src), src)
+    return 2 * src.nbytes / t, src.nbytes
+
+
+def _rate_repeated(reps, op, p, res):
+    """``reps`` explicit rate evaluations at p into res."""
+    from fpsolver.fv import kernels
+    for _ in range(reps):
+        kernels.rate_kernel(p, p, False, *op.kernel_args(), res)
+
+
+def _kernel_rates(op, threads, repeats, bound, llc):
+    """Cell updates/s of the explicit rate kernel on ``op`` for each thread count."""
+    import numba
+    p = np.random.default_rng(1).random(op.size)
+    res = np.empty_like(p)
+    entry = {"cells": list(op.shape), "array_MB": p.nbytes / 1e6,
+             "fits_in_cache": None if llc is None else 2 * p.nbytes <= llc,
+             "bandwidth_bound_per_s": bound, "threads": {}}
+    reps = max(3, int(2e7 // op.size))
+    for th in threads:  # the kernel directly: threads_for would override the count
+        numba.set_num_threads(th)
+        _rate_repeated(1, op, p, res)
+        t, _ = _best(repeats, _rate_repeated, reps, op, p, res)
+        rate = reps * op.size / t
+        entry["threads"][str(th)] = {"cell_updates_per_s": rate,
+                                     "fraction_of_bound": rate / bound}
+    numba.set_num_threads(threads[-1])
+    return entry
 
 
 def throughput(repeats):
-    from fpsolver import theory
-    from fpsolver.case import default_case
-    from fpsolver.fv import FPOperator, kernels
-    from fpsolver.grid import sized_grid
-    from fpsolver.solve import setup_problem
-    big = np.random.default_rng(0).random(1 << 24)
-    dst = np.empty_like(big)
-    t, _ = _best(lambda: np.copyto(dst, big), 5)
-    bandwidth = 2 * big.nbytes / t  # bytes read + written per second
-    ops = [setup_problem(default_case(), cells=256).op]
-    m = _model_4d()
-    g = sized_grid((32,) * 4, (m.stationary_mean, theory.stationary_cov(m)), 6.0)
-    ops.append(FPOperator(g, m.drift, m.diffusion, m.stationary_mean))
     import numba
-    out = {"copy_bandwidth_GBps": bandwidth / 1e9, "grids": []}
+
+    from fpsolver.case import default_case
+    from fpsolver.solve import setup_problem
+    bandwidth, copy_bytes = _copy_bandwidth()
+    llc = _last_level_cache_bytes()
+    bound = bandwidth / BYTES_PER_CELL
     threads = sorted({1, numba.get_num_threads()})
-    for op in ops:
-        p = np.random.default_rng(1).random(op.size)
-        res = np.empty_like(p)
-        bytes_per_cell = 8 * (2 + len(op.shape))
-        bound = bandwidth / bytes_per_cell
-        entry = {"cells": list(op.shape), "bandwidth_bound_per_s": bound, "threads": {}}
-        for th in threads:  # the kernel directly: threads_for would override the count
-            numba.set_num_threads(th)
-            kernels.rate_kernel(p, p, False, *op.kernel_args(), res)
-            reps = max(3, int(2e7 // op.size))
-            t, _ = _best(lambda: [kernels.rate_kernel(p, p, False, *op.kernel_args(), res)
-                                  for _ in range(reps)], repeats)
-            rate = reps * op.size / t
-            entry["threads"][str(th)] = {"cell_updates_per_s": rate,
-                                         "fraction_of_bound": rate / bound}
-        numba.set_num_threads(threads[-1])
-        out["grids"].append(entry)
-    return out
+    grids = [_kernel_rates(make(), threads, repeats, bound, llc)  # one operator alive at a time
+             for make in (lambda: setup_problem(default_case(), cells=256).op,
+                          lambda: setup_problem(default_case(), cells=2048).op,
+                          lambda: _operator_4d(32)[2], lambda: _operator_4d(64)[2])]
+    return {"copy_bandwidth_GBps": bandwidth / 1e9, "copy_array_MB": copy_bytes / 1e6,
+            "bytes_per_cell": BYTES_PER_CELL,
+            "last_level_cache_MB": None if llc is None else llc / 1e6, "grids": grids}
 
 
 def stationary_4d(n):
     from fpsolver import theory
     from fpsolver.analysis import moments
-    from fpsolver.fv import FPOperator
-    from fpsolver.grid import sized_grid
     from fpsolver.solve import stationary
-    m = _model_4d()
+    m, g, op = _operator_4d(n)
     cov = theory.stationary_cov(m)
-    g = sized_grid((n,) * 4, (m.stationary_mean, cov), 6.0)
-    op = FPOperator(g, m.drift, m.diffusion, m.stationary_mean)
-    stationary(FPOperator(sized_grid((8,) * 4, (m.stationary_mean, cov), 6.0), m.drift,
-                          m.diffusion, m.stationary_mean), max_iter=1)  # warm-up
+    stationary(_operator_4d(8)[2], max_iter=1)  # warm-up
     t0 = time.perf_counter()
     res = stationary(op, tol=1e-7)
     wall = time.perf_counter() - t0
@@ -341,9 +511,16 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--four-d", type=int, default=32, help="cells per axis of the 4-D solve")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--fipy-cap-s", type=float, default=240.0,
+                    help="skip a larger FiPy grid whose predicted solve time exceeds this (s)")
+    ap.add_argument("--fipy-cap-mb", type=float, default=None,
+                    help="skip a larger FiPy grid whose predicted peak memory exceeds this "
+                         "(MB; default half the memory available at start)")
     ap.add_argument("--sections", nargs="+", metavar="NAME",
                     help="run only these sections (e.g. stationary_4d with --four-d 64)")
     args = ap.parse_args(argv)
+    if args.fipy_cap_mb is None:
+        args.fipy_cap_mb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2e6
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
@@ -351,7 +528,8 @@ def main(argv=None):
     result = {"benchmark": "solver", "version": __version__, "threads": args.threads,
               "machine": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average_start": os.getloadavg()}
-    for name, fn in (("stationary_2d", lambda: stationary_2d(args.repeats)),
+    for name, fn in (("stationary_2d", lambda: stationary_2d(args.repeats, args.fipy_cap_s,
+                                                               args.fipy_cap_mb)),
                      ("transient_2d", lambda: transient_2d(args.repeats)),
                      ("stiff_2d", lambda: stiff_2d(args.repeats)),
                      ("throughput", lambda: throughput(args.repeats)),
