@@ -477,7 +477,7 @@ def _newton_krylov(op, p, vol, rel_tol):
     m = spla.LinearOperator((op.size, op.size), matvec=lambda x: op.af_precondition(tau, x),
                             dtype=float)
     with _single_threaded_blas():  # threaded BLAS dot products thrash next to numba threads
-        delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=40, maxiter=25, M=m)
+        delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=20, maxiter=25, M=m)
     x = p + delta
     return x / (x.sum() * vol), count[0]
 
@@ -495,6 +495,8 @@ def use_direct(op):
     return op.grid.ndim == 2 and op.size <= DIRECT_MAX_CELLS
 
 
+NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
+NESTED_TOL = 1e-5  # the half grid's solve need not beat the interpolation error (~1e-3)
 KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
 
 
@@ -518,10 +520,11 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     direct = use_direct(op)
     nested = (not direct or op.size >= 96 ** 2) if nested is None else nested
     n_rhs = 0
-    if p0 is None and nested and min(grid.shape) >= 16:
+    if p0 is None and nested and min(grid.shape) // 2 >= NESTED_MIN_CELLS:
         coarse = uniform_grid([n // 2 for n in grid.shape], grid.bounds)
         cop = FPOperator(coarse, op.drift, op.diffusion, op.mean)
-        sub = stationary(cop, tol=tol, max_iter=max_iter, krylov_tol=krylov_tol)
+        sub = stationary(cop, tol=max(tol, NESTED_TOL), max_iter=max_iter,
+                         krylov_tol=krylov_tol)
         n_rhs += sub.n_rhs
         p0 = prolong(sub.p, coarse, grid)
     p = np.full(op.size, 1.0 / (op.size * vol)) if p0 is None else np.array(p0, float).ravel()

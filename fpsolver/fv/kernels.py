@@ -1,16 +1,18 @@
 """Numba kernels of the finite-volume Fokker-Planck operator (2-D and 4-D phase space).
 
-One kernel serves every dimension: arrays are flat (C order) with per-axis ``shape`` and
-``strides`` (in elements), so the 2-D (d = 1) and 4-D (d = 2) operators share the face
-fluxes below; :mod:`fpsolver.fv.reference` holds the plain-numpy twin of each kernel.
+Arrays are flat (C order) with per-axis ``shape`` and ``strides`` (in elements); the last
+axis (v_d) is contiguous. The kernels walk the grid one *row* (a line along the last axis)
+at a time, and every face flux of a row is a loop over that contiguous axis with no
+branches, so LLVM vectorises it; rows are handed out to threads in blocks.
+:mod:`fpsolver.fv.reference` holds the plain-numpy twin of each kernel.
 
-``vel[k, c]`` is the drift velocity b_k on the *right* face of cell c along axis k (the
-last cell's right face is a wall and is never used), so it has the cell layout. The flux
-through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R + σ_R/2) + (D_kk/h_k)(w_L − w_R)
-− Σ_b D_kb ∂_b w: MUSCL advection with the van Leer limiter (σ the limited slope towards
-the face in the upstream cell, 0 next to a wall), central diffusion (``dif[k]`` = D_kk/h_k,
-0 on θ axes) and the cross-diffusion ``cross`` (off-diagonal D) on the diagonal stencil
-matching its sign.
+Face velocities are not stored: the drift is affine, so the velocity b_k on the right face
+of the cell with indices i is ``vel0[k] + Σ_l velg[k, l]·i_l`` (built by the operator).
+The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk/h_k)(w_L − w_R)
+− D_kb ∂_b w: MUSCL advection with the van Leer limiter (σ the limited slope of the
+upstream cell, 0 next to a wall), central diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes)
+and the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2
+only) on the diagonal stencil matching its sign.
 
 ``jac`` = False evaluates the nonlinear scheme on ``w`` (``p`` unused); ``jac`` = True
 applies its Jacobian at ``p`` to ``w``. The van Leer slope s(a, b) = 2ab/(a + b) is
@@ -22,151 +24,318 @@ from numba import prange
 
 from .policy import helper, kernel
 
+ROW_BLOCK_CELLS = 4096  # cells per parallel task (whole rows)
+LANES = 256  # lines eliminated together by the line solver
+
 
 @helper
-def _slope(pu, p0, pd, wu, w0, wd, jac):
-    """Van Leer slope σ of w at a cell towards a face (face value w0 + σ/2).
-
-    ``u``/``d``: the upstream and downstream neighbours along the flow; σ = 2ab/(a + b)
-    for a = w0 − wu, b = wd − w0 of one sign, else 0 (TVD: the face value stays between
-    the neighbours). With ``jac`` the derivative at p, 2(b²δa + a²δb)/(a + b)², is applied
-    to w; it is written with a/(a+b), b/(a+b) so tiny densities do not underflow to 0/0.
-    """
+def _slope(ap, bp, aw, bw, jac):
+    """Van Leer slope from the one-sided differences a (upstream side), b (downstream side):
+    2ab/(a + b) when they have one sign, else 0 (TVD: face values stay between neighbours).
+    With ``jac`` its derivative at the p differences (ap, bp), 2(b²δa + a²δb)/(a + b)²,
+    applied to the w differences (aw, bw); written with a/(a+b), b/(a+b) so tiny densities
+    do not underflow to 0/0. One division (the kernels' bottleneck)."""
+    same = (min(ap, bp) > 0.0) | (max(ap, bp) < 0.0)
+    inv = 1.0 / (ap + bp if same else 1.0)
+    beta = bp * inv
     if jac:
-        a = p0 - pu
-        b = pd - p0
+        alpha = ap * inv
+        val = 2.0 * (beta * beta * aw + alpha * alpha * bw)
     else:
-        a = w0 - wu
-        b = wd - w0
-    if (a > 0.0 and b > 0.0) or (a < 0.0 and b < 0.0):
-        s = a + b
-        alpha = a / s
-        beta = b / s
-        if jac:
-            return 2.0 * (beta * beta * (w0 - wu) + alpha * alpha * (wd - w0))
-        return 2.0 * a * beta
-    return 0.0
+        val = 2.0 * ap * beta
+    return val if same else 0.0
 
 
 @helper
-def _face_flux(k, c, ik, idx, p, w, jac, shape, strides, vel, dif, cross, inv_h):
-    """Flux through the right face (along axis k) of flat cell c with axis-k index ik
-    (``idx``: the cell's indices on the other axes)."""
+def _flux_from_left(u, dif, wll, wl, wr, pll, pl, pr, jac):
+    """Face flux for u ≥ 0: advected value w_l + σ_l/2 (ll = l at a wall: σ_l = 0)."""
+    sl = _slope(pl - pll, pr - pl, wl - wll, wr - wl, jac)
+    return u * (wl + 0.5 * sl) + dif * (wl - wr)
+
+
+@helper
+def _flux_from_right(u, dif, wl, wr, wrr, pl, pr, prr, jac):
+    """Face flux for u < 0: advected value w_r − σ_r/2 (rr = r at a wall: σ_r = 0)."""
+    sr = _slope(pr - prr, pl - pr, wr - wrr, wl - wr, jac)
+    return u * (wr + 0.5 * sr) + dif * (wl - wr)
+
+
+@helper
+def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac):
+    """Upwinded face flux between cells l and r. Both sides are evaluated and one is
+    selected: a branch-free loop body vectorises (2.7e9 faces/s on one core, 3.6× a loop
+    split at the sign change of u)."""
+    fl = _flux_from_left(u, dif, wll, wl, wr, pll, pl, pr, jac)
+    fr = _flux_from_right(u, dif, wl, wr, wrr, pl, pr, prr, jac)
+    return fl if u >= 0.0 else fr
+
+
+@helper
+def _row_velocity(k, idx, ik, vel0, velg):
+    """Velocity b_k on the right faces along axis k at the row's first cell; idx: the row's
+    indices on the outer axes, with ik replacing idx[k]."""
+    nd = vel0.size
+    u = vel0[k]
+    for m in range(nd - 1):
+        u += velg[k, m] * (ik if m == k else idx[m])
+    return u
+
+
+@helper
+def _outer_run(lo, hi, u0, du, dk, wll, wl, wr, wrr, pll, pl, pr, prr, jac, out):
+    """out[j] = flux through face j (u = u0 + du·j) for j in [lo, hi), from views whose
+    index j holds the cells ll, l, r, rr of that face."""
+    for j in range(lo, hi):
+        out[j] = _flux(u0 + du * j, dk, wll[j], wl[j], wr[j], wrr[j], pll[j], pl[j], pr[j],
+                       prr[j], jac)
+
+
+@helper
+def _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h,
+                    out):
+    """out[:nl] = fluxes through the right faces along outer axis k of the row starting at
+    flat cell c (axis-k index ik < shape[k] − 1)."""
+    nd = shape.size
+    nl = shape[nd - 1]
     st = strides[k]
-    r = c + st
-    u = vel[k, c]
-    s = 0.0
-    if u >= 0.0:
-        if ik >= 1:
-            s = _slope(p[c - st], p[c], p[r], w[c - st], w[c], w[r], jac)
-        f = u * (w[c] + 0.5 * s)
-    else:
-        if ik + 2 <= shape[k] - 1:
-            s = _slope(p[r + st], p[r], p[c], w[r + st], w[r], w[c], jac)
-        f = u * (w[r] + 0.5 * s)
-    f += dif[k] * (w[c] - w[r])
-    for b in range(len(shape)):
-        d = cross[k, b]
-        if d != 0.0:
-            sb = strides[b]
-            ib = idx[b]
-            g = 0.0
-            if d > 0.0:
-                if ib < shape[b] - 1:
-                    g += w[r + sb] - w[r]
-                if ib > 0:
-                    g += w[c] - w[c - sb]
+    cll = c - st if ik >= 1 else c
+    crr = c + 2 * st if ik + 2 <= shape[k] - 1 else c + st
+    wll, wl, wr, wrr = w[cll:cll + nl], w[c:c + nl], w[c + st:c + st + nl], w[crr:crr + nl]
+    pll, pl, pr, prr = p[cll:cll + nl], p[c:c + nl], p[c + st:c + st + nl], p[crr:crr + nl]
+    u0 = _row_velocity(k, idx, ik, vel0, velg)
+    _outer_run(0, nl, u0, velg[k, nd - 1], dif[k], wll, wl, wr, wrr, pll, pl, pr, prr, jac,
+               out)
+    if k == nd - 2 and cross[k, nd - 1] != 0.0:  # −D_kb ∂_b w, b the last axis
+        dg = 0.5 * cross[k, nd - 1] * inv_h[nd - 1]
+        for j in range(nl):
+            jm = max(j - 1, 0)
+            jp = min(j + 1, nl - 1)
+            if dg > 0.0:
+                out[j] -= dg * (wr[jp] - wr[j] + wl[j] - wl[jm])
             else:
-                if ib > 0:
-                    g += w[r] - w[r - sb]
-                if ib < shape[b] - 1:
-                    g += w[c + sb] - w[c]
-            f -= d * 0.5 * g * inv_h[b]
-    return f
+                out[j] -= dg * (wr[j] - wr[jm] + wl[jp] - wl[j])
+
+
+@helper
+def _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
+    """out[:nl − 1] = fluxes through the interior faces along the last axis of the row
+    starting at flat cell c."""
+    nd = shape.size
+    nl = shape[nd - 1]
+    k = nd - 1
+    wr_, pr_ = w[c:c + nl], p[c:c + nl]
+    u0 = _row_velocity(k, idx, 0, vel0, velg)
+    du = velg[k, k]
+    dk = dif[k]
+    # faces 0 and nl − 2 touch a wall-side cell (missing ll / rr); the rest in one run
+    last = nl - 2
+    out[0] = _flux(u0, dk, wr_[0], wr_[0], wr_[1], wr_[min(2, nl - 1)], pr_[0], pr_[0],
+                   pr_[1], pr_[min(2, nl - 1)], jac)
+    if last > 0:
+        out[last] = _flux(u0 + du * last, dk, wr_[last - 1], wr_[last], wr_[last + 1],
+                          wr_[last + 1], pr_[last - 1], pr_[last], pr_[last + 1],
+                          pr_[last + 1], jac)
+    if last > 1:  # face j between cells j, j + 1: shifted views make it an outer-style run
+        _outer_run(0, last - 1, u0 + du, du, dk, wr_[:nl - 3], wr_[1:nl - 2],
+                   wr_[2:nl - 1], wr_[3:], pr_[:nl - 3], pr_[1:nl - 2], pr_[2:nl - 1],
+                   pr_[3:], jac, out[1:])
+    if nd >= 2 and cross[k, nd - 2] != 0.0:  # −D_kb ∂_b w, b the last outer axis
+        b = nd - 2
+        dg = 0.5 * cross[k, b] * inv_h[b]
+        cp = c + strides[b] if idx[b] < shape[b] - 1 else c
+        cm = c - strides[b] if idx[b] > 0 else c
+        wp, wm = w[cp:cp + nl], w[cm:cm + nl]
+        for j in range(nl - 1):
+            if dg > 0.0:
+                out[j] -= dg * (wp[j + 1] - wr_[j + 1] + wr_[j] - wm[j])
+            else:
+                out[j] -= dg * (wr_[j + 1] - wm[j + 1] + wp[j] - wr_[j])
 
 
 @helper
 def _row_index(row, shape, idx):
-    """Fill idx[:-1] with the indices of flat row ``row`` (a line along the last axis)."""
+    """Fill idx[:-1] with the outer-axis indices of row ``row``."""
     div = 1
-    for k in range(len(shape) - 2, -1, -1):
+    for k in range(shape.size - 2, -1, -1):
         idx[k] = (row // div) % shape[k]
         div *= shape[k]
 
 
+@helper
+def _row_rate(row, first, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h,
+              acc, buf, prev, out):
+    """out[row] = −∇·F(w) on one row. acc, buf, prev: scratch of the row's length; prev
+    carries the right-face fluxes along axis nd − 2 from row − 1 to this row (its left
+    faces) unless ``first``, so those faces are computed once."""
+    nd = shape.size
+    nl = shape[nd - 1]
+    c = row * nl
+    acc[:] = 0.0
+    for k in range(nd - 1):
+        ik = idx[k]
+        ih = inv_h[k]
+        if ik > 0:
+            if k != nd - 2 or first:
+                _outer_row_flux(k, c - strides[k], ik - 1, idx, p, w, jac, shape, strides,
+                                vel0, velg, dif, cross, inv_h, prev if k == nd - 2 else buf)
+            left = prev if k == nd - 2 else buf
+            for j in range(nl):
+                acc[j] += left[j] * ih
+        if ik < shape[k] - 1:
+            right = prev if k == nd - 2 else buf
+            _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, cross,
+                            inv_h, right)
+            for j in range(nl):
+                acc[j] -= right[j] * ih
+    _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, buf)
+    ih = inv_h[nd - 1]
+    out[c] = acc[0] - buf[0] * ih
+    for j in range(1, nl - 1):
+        out[c + j] = acc[j] + (buf[j - 1] - buf[j]) * ih
+    out[c + nl - 1] = acc[nl - 1] + buf[nl - 2] * ih
+
+
 @kernel
-def rate_kernel(p, w, jac, shape, strides, vel, dif, cross, inv_h, out):
+def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
     """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w.
-
-    Parallel over lines along the last axis; indices are carried, not divided out per cell.
-    """
-    nd = len(shape)
+    Threads take blocks of consecutive rows."""
+    nd = shape.size
     nl = shape[nd - 1]
-    for row in prange(w.size // nl):
-        idx = np.empty(nd, dtype=np.int64)
-        _row_index(row, shape, idx)
-        for j in range(nl):
-            idx[nd - 1] = j
-            c = row * nl + j
-            acc = 0.0
-            for k in range(nd):
-                ik = idx[k]
-                if ik < shape[k] - 1:
-                    acc -= _face_flux(k, c, ik, idx, p, w, jac, shape, strides, vel, dif,
-                                      cross, inv_h) * inv_h[k]
-                if ik > 0:
-                    acc += _face_flux(k, c - strides[k], ik - 1, idx, p, w, jac, shape,
-                                      strides, vel, dif, cross, inv_h) * inv_h[k]
-            out[c] = acc
+    n_rows = w.size // nl
+    per = max(1, ROW_BLOCK_CELLS // nl)
+    for block in prange((n_rows + per - 1) // per):
+        idx = np.zeros(nd, dtype=np.int64)
+        acc = np.empty(nl)
+        buf = np.empty(nl)
+        prev = np.empty(nl)
+        for row in range(block * per, min(n_rows, (block + 1) * per)):
+            _row_index(row, shape, idx)
+            first = row == block * per
+            if jac:
+                _row_rate(row, first, idx, p, w, True, shape, strides, vel0, velg, dif,
+                          cross, inv_h, acc, buf, prev, out)
+            else:
+                _row_rate(row, first, idx, w, w, False, shape, strides, vel0, velg, dif,
+                          cross, inv_h, acc, buf, prev, out)
 
 
 @kernel
-def face_flux_kernel(p, w, jac, shape, strides, vel, dif, cross, inv_h, out):
+def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
     """out[k, c] = flux of w through the right face of cell c along axis k (0 at walls)."""
-    nd = len(shape)
+    nd = shape.size
     nl = shape[nd - 1]
-    for row in prange(w.size // nl):
-        idx = np.empty(nd, dtype=np.int64)
+    n_rows = w.size // nl
+    for row in prange(n_rows):
+        idx = np.zeros(nd, dtype=np.int64)
         _row_index(row, shape, idx)
-        for j in range(nl):
-            idx[nd - 1] = j
-            c = row * nl + j
-            for k in range(nd):
-                if idx[k] < shape[k] - 1:
-                    out[k, c] = _face_flux(k, c, idx[k], idx, p, w, jac, shape, strides, vel,
-                                           dif, cross, inv_h)
-                else:
-                    out[k, c] = 0.0
+        c = row * nl
+        pp = p if jac else w
+        for k in range(nd - 1):
+            fk = out[k, c:c + nl]
+            if idx[k] < shape[k] - 1:
+                _outer_row_flux(k, c, idx[k], idx, pp, w, jac, shape, strides, vel0, velg,
+                                dif, cross, inv_h, fk)
+            else:
+                fk[:] = 0.0
+        last = out[nd - 1, c:c + nl]
+        _last_row_flux(c, idx, pp, w, jac, shape, strides, vel0, velg, dif, cross, inv_h,
+                       last)
+        last[nl - 1] = 0.0
+
+
+@helper
+def _line_coefficients(u, wall, dh, inv_h):
+    """(α, β) of the first-order line operator on a right face with velocity u: upwind
+    u⁺ + D/h and u⁻ + D/h, divided by h; 0 on the wall face."""
+    a = (max(u, 0.0) + dh) * inv_h
+    b = (max(-u, 0.0) + dh) * inv_h
+    return (0.0, 0.0) if wall else (a, b)
+
+
+@helper
+def _group_velocity(g, axis, shape, vel0, velg):
+    """Face velocity along ``axis`` at the first cell of group g (g numbers the index
+    combinations of the axes before ``axis``; the later axes' indices are 0)."""
+    u = vel0[axis]
+    for l in range(axis - 1, -1, -1):
+        u += velg[axis, l] * (g % shape[l])
+        g //= shape[l]
+    return u
+
+
+@helper
+def _thomas_lanes(x, cp, ub, du, tau, dh, ih):
+    """Solve (I − τT)y = x in place for each lane m of x (n, lanes), T the first-order line
+    operator with face velocity ub[m] + du·i on the right face of cell i. The lane loop is
+    innermost and contiguous, so it vectorises."""
+    n, lanes = x.shape
+    a_prev = np.zeros(lanes)
+    b_prev = np.zeros(lanes)
+    for i in range(n):
+        wall = i == n - 1
+        for m in range(lanes):
+            a, b = _line_coefficients(ub[m] + du * i, wall, dh, ih)
+            low = -tau * a_prev[m]
+            den = 1.0 + tau * (a + b_prev[m])
+            if i > 0:
+                den -= low * cp[i - 1, m]
+                x[i, m] = (x[i, m] - low * x[i - 1, m]) / den
+            else:
+                x[i, m] = x[i, m] / den
+            cp[i, m] = -tau * b / den
+            a_prev[m] = a
+            b_prev[m] = b
+    for i in range(n - 2, -1, -1):
+        for m in range(lanes):
+            x[i, m] -= cp[i, m] * x[i + 1, m]
 
 
 @kernel
-def line_solve_kernel(alpha, beta, tau, shape, strides, axis, rhs, out):
-    """Solve (I − τT_k)x = rhs along every line of ``axis`` (Thomas algorithm).
+def line_solve_kernel(tau, shape, strides, axis, vel0, velg, dif, inv_h, offsets, rhs, out):
+    """Solve (I − τT_k)x = rhs along every line of ``axis`` k (Thomas algorithm).
 
     T_k is the first-order line operator: face flux α_c x_c − β_c x_{c+1} on the right face
-    of cell c (α, β ≥ 0 already divided by h; 0 on walls), so row c of I − τT_k is
-    [−τα_{c−1}, 1 + τ(α_c + β_{c−1}), −τβ_c]: an M-matrix, no pivoting needed.
+    of cell c (α = (u⁺ + D_kk/h)/h, β = (u⁻ + D_kk/h)/h from the face velocity u; 0 on
+    walls), so row c of I − τT_k is [−τα_{c−1}, 1 + τ(α_c + β_{c−1}), −τβ_c]: an M-matrix,
+    no pivoting. Lines are eliminated in groups ("lanes") copied to a scratch array with
+    the lane index contiguous: for outer axes the lines through a contiguous block of the
+    later axes (``offsets[m]`` = Σ_{l>k} velg[k, l]·i_l of block cell m), for the last
+    axis LANES consecutive rows (transposed in and out).
     """
     n = shape[axis]
     st = strides[axis]
-    for line in prange(rhs.size // n):
-        c0 = (line // st) * (st * n) + line % st
-        cp = np.empty(n)
-        dp = np.empty(n)
-        prev_m = 0.0
+    n_groups = rhs.size // (n * st)
+    if st >= LANES:  # lanes: a contiguous piece of one group's block
+        per_group = (st + LANES - 1) // LANES
+        n_tasks = n_groups * per_group
+    else:  # lanes: whole blocks of several groups
+        per_group = 0
+        n_tasks = (n_groups * st + LANES - 1) // LANES
+    for task in prange(n_tasks):
+        if per_group:
+            g = task // per_group
+            first = g * st + (task % per_group) * LANES  # lane = g·st + block cell
+            width = min(g * st + st, first + LANES) - first
+        else:
+            first = task * LANES
+            width = min(n_groups * st, first + LANES) - first
+        base = np.empty(width, dtype=np.int64)
+        ub = np.empty(width)
+        g_prev = -1
+        ug = 0.0
+        for m in range(width):
+            g, c = divmod(first + m, st)
+            if g != g_prev:
+                ug = _group_velocity(g, axis, shape, vel0, velg)
+                g_prev = g
+            base[m] = g * n * st + c
+            ub[m] = ug + offsets[c]
+        x = np.empty((n, width))
+        cp = np.empty((n, width))
         for i in range(n):
-            c = c0 + i * st
-            diag = 1.0 + tau * alpha[c]
-            low = 0.0
-            if i > 0:
-                diag += tau * beta[c - st]
-                low = -tau * alpha[c - st]
-            up = -tau * beta[c] if i < n - 1 else 0.0
-            m = diag - low * prev_m
-            cp[i] = up / m
-            dp[i] = (rhs[c] - low * (dp[i - 1] if i > 0 else 0.0)) / m
-            prev_m = cp[i]
-        x = 0.0
-        for i in range(n - 1, -1, -1):
-            x = dp[i] - cp[i] * x
-            out[c0 + i * st] = x
+            for m in range(width):
+                x[i, m] = rhs[base[m] + i * st]
+        _thomas_lanes(x, cp, ub, velg[axis, axis], tau, dif[axis], inv_h[axis])
+        for i in range(n):
+            for m in range(width):
+                out[base[m] + i * st] = x[i, m]

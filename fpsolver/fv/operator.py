@@ -66,21 +66,32 @@ class FPOperator:
         self.dif = np.diag(diffusion) / h
         self.cross = diffusion.copy()
         self.cross[np.diag_indices(n)] = 0.0
-        vel = np.empty((n,) + self.shape)
-        for k in range(n):
-            axes = [c - m for c, m in zip(grid.centers, mean)]
-            axes[k] = axes[k] + h[k] / 2
-            grids = np.meshgrid(*axes, indexing="ij", sparse=True)
-            vel[k] = -sum(drift[k, l] * grids[l] for l in range(n))
-            np.moveaxis(vel[k], k, 0)[-1] = 0.0  # wall
-        self.vel = vel.reshape(n, -1)
+        if np.any(np.delete(self.cross, [n - 2, n - 1], axis=0)) or \
+                np.any(self.cross[:, :n - 2]):
+            raise SolverError("cross-diffusion is supported between the last two axes only")
+        # b_k on the right face of cell i: vel0[k] + Σ_l velg[k, l] i_l (affine drift)
+        first = np.array([c[0] for c in grid.centers]) - mean
+        self.vel0 = -(drift @ first) - np.diag(drift) * h / 2
+        self.velg = -drift * h[None, :]
         self.shape_arr = np.array(self.shape, dtype=np.int64)
         self._lines = None
+        self._max_rate = None
+
+    def face_velocity(self, k):
+        """Drift velocity b_k on the right face of every cell along axis k (shape); the
+        wall faces (last cell) get 0."""
+        axes = [np.arange(n) for n in self.shape]
+        grids = np.meshgrid(*axes, indexing="ij", sparse=True)
+        vel = self.vel0[k] + sum(self.velg[k, m] * grids[m] for m in range(len(self.shape)))
+        vel = np.broadcast_to(vel, self.shape).copy()
+        np.moveaxis(vel, k, 0)[-1] = 0.0
+        return vel
 
     # ------------------------------------------------------------------ kernel calls
     def kernel_args(self):
         """The operator's arrays in kernel order (after p, w, jac; before out)."""
-        return self.shape_arr, self.strides, self.vel, self.dif, self.cross, self.inv_h
+        return (self.shape_arr, self.strides, self.vel0, self.velg, self.dif, self.cross,
+                self.inv_h)
 
     def _flat(self, a):
         a = np.ascontiguousarray(a, dtype=float).reshape(-1)
@@ -127,24 +138,31 @@ class FPOperator:
     # ------------------------------------------------------------------ preconditioner
     def line_coefficients(self, k):
         """(α, β) of the first-order line operator along axis k, divided by h_k (flat):
-        upwind u⁺ + D_kk/h, −u⁻ + D_kk/h on each right face, 0 on the wall."""
+        upwind u⁺ + D_kk/h, u⁻ + D_kk/h on each right face, 0 on the wall (the line-solve
+        kernel computes them on the fly; these arrays are for tests and the numpy twin)."""
+        u = self.face_velocity(k).ravel()
+        wall = np.zeros(self.shape)
+        np.moveaxis(wall, k, 0)[-1] = 1.0
+        dh = self.dif[k] * (1.0 - wall.ravel())
+        return ((np.maximum(u, 0.0) + dh) * self.inv_h[k],
+                (np.maximum(-u, 0.0) + dh) * self.inv_h[k])
+
+    def _line_offsets(self, k):
+        """Σ_{l>k} velg[k, l]·i_l over the cells of one contiguous block after axis k."""
         if self._lines is None:
-            self._lines = []
-            for a in range(len(self.shape)):
-                u = self.vel[a]
-                wall = np.zeros(self.shape)
-                np.moveaxis(wall, a, 0)[-1] = 1.0
-                dh = self.dif[a] * (1.0 - wall.ravel())
-                self._lines.append(((np.maximum(u, 0.0) + dh) * self.inv_h[a],
-                                    (np.maximum(-u, 0.0) + dh) * self.inv_h[a]))
+            self._lines = {}
+        if k not in self._lines:
+            rest = self.shape[k + 1:]
+            idx = np.indices(rest).reshape(len(rest), -1) if rest else np.zeros((0, 1))
+            self._lines[k] = np.ascontiguousarray(self.velg[k, k + 1:] @ idx, dtype=float)
         return self._lines[k]
 
     def line_solve(self, k, tau, rhs, out=None):
         """x = (I − τT_k)⁻¹ rhs (flat), T_k the first-order line operator along axis k."""
-        al, be = self.line_coefficients(k)
         res = np.empty(self.size) if out is None else out
         with threads_for(self.size):
-            kernels.line_solve_kernel(al, be, float(tau), self.shape_arr, self.strides, k,
+            kernels.line_solve_kernel(float(tau), self.shape_arr, self.strides, k, self.vel0,
+                                      self.velg, self.dif, self.inv_h, self._line_offsets(k),
                                       self._flat(rhs), res)
         return res
 
@@ -159,13 +177,16 @@ class FPOperator:
     def max_rate(self):
         """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate
         (diagonal D). Per axis 2|u|/h (MUSCL face values) + 2D_kk/h², plus 2|D_ab|/(h_a h_b)
-        per cross-diffused pair."""
-        vel = np.abs(self.vel.reshape((-1,) + self.shape))
+        per cross-diffused pair. Computed once per operator."""
+        if self._max_rate is not None:
+            return self._max_rate
         total = np.zeros(self.shape)
         for k in range(len(self.shape)):
+            vel = np.abs(self.face_velocity(k))
             left = np.zeros(self.shape)
-            np.moveaxis(left, k, 0)[1:] = np.moveaxis(vel[k], k, 0)[:-1]
-            total += 2.0 * np.maximum(vel[k], left) * self.inv_h[k]
+            np.moveaxis(left, k, 0)[1:] = np.moveaxis(vel, k, 0)[:-1]
+            total += 2.0 * np.maximum(vel, left) * self.inv_h[k]
         total += 2.0 * np.sum(self.dif * self.inv_h)
         total += np.sum(np.abs(self.cross) * np.outer(self.inv_h, self.inv_h))
-        return float(total.max())
+        self._max_rate = float(total.max())
+        return self._max_rate

@@ -36,12 +36,13 @@ def _one_sided(w, axis):
     return fwd, bwd
 
 
-def face_fluxes(p, w, jac, shape, strides, vel, dif, cross, inv_h):
+def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h):
     """Twin of ``face_flux_kernel``: array (ndim, N) of right-face fluxes (0 at walls)."""
     shape = tuple(int(n) for n in shape)
     p = np.asarray(p).reshape(shape)
     w = np.asarray(w).reshape(shape)
-    vel = np.asarray(vel).reshape((-1,) + shape)
+    index = np.indices(shape)
+    vel = [vel0[k] + np.tensordot(velg[k], index, axes=1) for k in range(len(shape))]
     out = np.zeros((len(shape),) + shape)
     with np.errstate(under="ignore"):
         for k in range(len(shape)):
@@ -61,9 +62,9 @@ def face_fluxes(p, w, jac, shape, strides, vel, dif, cross, inv_h):
     return out.reshape(len(shape), -1)
 
 
-def rate(p, w, jac, shape, strides, vel, dif, cross, inv_h):
+def rate(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h):
     """Twin of ``rate_kernel``: −∇·F(w), flat (N,)."""
-    flux = face_fluxes(p, w, jac, shape, strides, vel, dif, cross, inv_h)
+    flux = face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h)
     shape = tuple(int(n) for n in shape)
     out = np.zeros(shape)
     for k in range(len(shape)):
