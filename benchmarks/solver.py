@@ -249,7 +249,7 @@ def _extend_fipy(case, scheme, runs, cap_s, cap_mb):
 
 def stationary_2d(repeats, cap_s, cap_mb):
     from fpsolver.case import default_case
-    from fpsolver.solve import stationary
+    from fpsolver.stationary import stationary
     case = default_case()
     fp, ref = [], []
     fipy = {s: [] for s in FIPY_SCHEMES}
@@ -478,7 +478,7 @@ def throughput(repeats):
 def stationary_4d(n):
     from fpsolver import theory
     from fpsolver.analysis import moments
-    from fpsolver.solve import stationary
+    from fpsolver.stationary import stationary
     m, g, op = _operator_4d(n)
     cov = theory.stationary_cov(m)
     stationary(_operator_4d(8)[2], max_iter=1)  # warm-up

@@ -81,7 +81,8 @@ def fig_stationary():
     """F3: the solver's stationary density of the default case with the streamlines of its
     current (J, clockwise), marginals against the exact Gaussian."""
     from fpsolver.analysis import compare
-    from fpsolver.solve import setup_problem, stationary
+    from fpsolver.solve import setup_problem
+    from fpsolver.stationary import stationary
 
     case = default_case()
     model = build_model(case)
@@ -140,7 +141,8 @@ def fig_transient():
 def fig_convergence():
     """Stationary solves of the default case on 24² … 192²: L1 and current errors."""
     from fpsolver.analysis import compare
-    from fpsolver.solve import setup_problem, stationary
+    from fpsolver.solve import setup_problem
+    from fpsolver.stationary import stationary
 
     case = default_case()
     model = build_model(case)

@@ -561,7 +561,8 @@ def fokker_planck(case, model, spec):
     and the density's (``fp_l1_error`` = ∫|p − p_exact|) and current's against the exact
     continuous Gaussian, and its cost."""
     from .analysis import compare, moments
-    from .solve import setup_problem, stationary
+    from .solve import setup_problem
+    from .stationary import stationary
     from .theory import stationary_cov
 
     start = time.perf_counter()

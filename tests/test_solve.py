@@ -17,8 +17,8 @@ from fpsolver.fv import FPOperator
 from fpsolver.grid import sized_grid
 from fpsolver.sgd import PhaseSpaceModel
 from fpsolver.solve import (CheckpointTracker, SteadyStateTracker, StorageTracker, Tracker,
-                            evolve, load_checkpoint, prolong, setup_problem, stationary,
-                            step_size)
+                            evolve, load_checkpoint, setup_problem, step_size)
+from fpsolver.stationary import prolong, stationary
 
 TRANSIENT = {"t_final": 3.0, "initial_mean": [0.25, 0.0], "initial_cov_scale": 0.25}
 

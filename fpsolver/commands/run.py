@@ -67,9 +67,9 @@ def run(args):
     from ..analysis import compare, exact_moments, moments
     from ..errors import GridError, UserError
     from ..io import atomic_savez, atomic_write_json
-    from ..solve import (CheckpointTracker, ConservationTracker,
-                         ProgressTracker, evolve, load_checkpoint, setup_problem, stationary,
-                         stationary_tolerance, use_direct)
+    from ..solve import (CheckpointTracker, ConservationTracker, ProgressTracker, evolve,
+                         load_checkpoint, setup_problem)
+    from ..stationary import stationary, stationary_tolerance, use_direct
 
     start = time.perf_counter()
     case = case_from_args(args)

@@ -17,7 +17,8 @@ import numpy as np
 from .. import analysis
 from ..grid import MIN_CELLS
 from ..solve import (StorageTracker, choose_scheme, evolve, implicit_step_size, setup_problem,
-                     stationary, stationary_tolerance, step_size)
+                     step_size)
+from ..stationary import stationary, stationary_tolerance
 
 _WARM = set()  # phase-space dimensions whose kernels are compiled
 
