@@ -60,6 +60,19 @@ def atomic_write_json(path, obj):
 
 def atomic_savez(path, **arrays):
     """``np.savez_compressed`` to ``path`` atomically (the name keeps its suffix)."""
-    with atomic_replace(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
+    with atomic_replace(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def read_checkpoint(path, key):
+    """Arrays of the npz checkpoint ``path`` as a dict, refusing one written for another
+    problem (its stored ``key`` differs from ``key``)."""
+    from .errors import UserError
+    try:
+        with np.load(path) as f:
+            data = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
+    if str(data.get("key")) != str(key):
+        raise UserError(f"checkpoint {path} belongs to another case/grid; rerun without --resume")
+    return data

@@ -19,17 +19,49 @@ Residuals are reported as ‖Lp‖₁ (∫|∂_t p|, 1/time) and relative to rat
 
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from .errors import SolverError
+from .errors import SolverError, UserError
 from .fv import FPOperator, jacobian_matrix
 from .grid import uniform_grid
+from .io import atomic_savez, read_checkpoint
 from .solve import SolveResult
 
 DIRECT_MAX_CELLS = 400_000  # 2-D grids up to 632²; 4-D LU fill grows too fast (use GMRES)
+
+
+class StationaryCheckpoint:
+    """Writes ``path`` (npz: the Newton iterate p, its grid shape, the Newton steps taken
+    and ``key``, which identifies the problem) atomically after a Newton step once
+    ``every_s`` seconds of wall time have passed since the last write, and when the solve
+    is interrupted. Nested solves checkpoint their coarse levels the same way."""
+
+    def __init__(self, path, key, every_s=30.0):
+        self.path, self.key, self.every_s = Path(path), str(key), every_s
+        self.last = time.monotonic()
+
+    def write(self, p, shape, steps):
+        atomic_savez(self.path, p=np.reshape(p, shape), shape=np.array(shape), steps=steps,
+                     key=self.key, kind="stationary")
+        self.last = time.monotonic()
+
+    def handle(self, p, shape, steps):
+        if time.monotonic() - self.last >= self.every_s:
+            self.write(p, shape, steps)
+
+
+def load_stationary_checkpoint(path, key):
+    """(p, shape, steps) from a checkpoint that :class:`StationaryCheckpoint` wrote for the
+    problem ``key``."""
+    data = read_checkpoint(path, key)
+    if str(data.get("kind")) != "stationary":
+        raise UserError(f"checkpoint {path} is not from a stationary solve; rerun without "
+                        "--resume")
+    return data["p"].ravel().copy(), tuple(int(n) for n in data["shape"]), int(data["steps"])
 
 
 class _DirectSolver:
@@ -154,13 +186,18 @@ def stationary_tolerance(op, steady_tol):
 
 
 @np.errstate(under="ignore")
-def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3):
+def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3,
+               checkpoint=None, resume=None):
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 
     ``p0``: initial guess (default: constant, or the solution on the grid with half the
     cells per axis when ``nested`` is true, the default for GMRES grids and 2-D grids from
     96² up). Stops when ‖Lp‖₁/rate_max < tol ("converged") or after ``max_iter`` Newton or
-    chord steps ("max_iter").
+    chord steps ("max_iter"). ``checkpoint``: a :class:`StationaryCheckpoint` (written on
+    its schedule and on Ctrl-C); ``resume``: (p, shape, steps) from
+    :func:`load_stationary_checkpoint` continues that level's Newton iteration (a coarser
+    level's iterate resumes the nested solve there). The GMRES path is deterministic, so a
+    resumed solve ends at the same answer; the direct path restarts with a fresh LU.
     """
     start = time.perf_counter()
     grid = op.grid
@@ -168,37 +205,53 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     direct = use_direct(op)
     nested = (not direct or op.size >= 96 ** 2) if nested is None else nested
     n_rhs = 0
-    if p0 is None and nested and min(grid.shape) // 2 >= NESTED_MIN_CELLS:
+    it0 = 0
+    resumed = resume is not None and tuple(resume[1]) == tuple(grid.shape)
+    if resumed:
+        p0, it0 = resume[0], resume[2]
+    elif p0 is None and nested and min(grid.shape) // 2 >= NESTED_MIN_CELLS:
         coarse = uniform_grid([n // 2 for n in grid.shape], grid.bounds)
         cop = FPOperator(coarse, op.drift, op.diffusion, op.mean)
         sub = stationary(cop, tol=max(tol, NESTED_TOL), max_iter=max_iter,
-                         krylov_tol=krylov_tol)
+                         krylov_tol=krylov_tol, checkpoint=checkpoint, resume=resume)
         n_rhs += sub.n_rhs
         p0 = prolong(sub.p, coarse, grid)
-    p = np.full(op.size, 1.0 / (op.size * vol)) if p0 is None else np.array(p0, float).ravel()
-    p = p / (p.sum() * vol)
+    if resumed:  # a checkpointed iterate is already normalised: renormalising changes bits
+        p = np.array(p0, float).ravel()
+    elif p0 is None:
+        p = np.full(op.size, 1.0 / (op.size * vol))
+    else:
+        p = np.array(p0, float).ravel()
+        p = p / (p.sum() * vol)
     rate_max = op.max_rate()
     rate = op.rate(p)
     res = np.abs(rate).sum() * vol
-    status, it, chord = "max_iter", 0, False
+    status, it, chord = "max_iter", it0, False
     solver = _DirectSolver(op) if direct else None
-    for it in range(1, max_iter + 1):
-        prev = res
-        if direct:
-            p, rate, res, n_rates = solver.step(p, rate, res, chord, vol)
-            n_rhs += n_rates
-        else:
-            p, nmv = _newton_krylov(op, p, vol, krylov_tol)
-            n_rhs += nmv + 1
-            p /= p.sum() * vol
-            rate = op.rate(p)
-            res = np.abs(rate).sum() * vol
-        if not np.all(np.isfinite(p)):
-            raise SolverError("the stationary solve produced NaN; the grid is too coarse")
-        chord = res <= _DirectSolver.CHORD_RATIO * prev
-        if res / rate_max < tol:
-            status = "converged"
-            break
+    try:
+        for it in range(it0 + 1, max_iter + 1):
+            prev = res
+            if direct:
+                p, rate, res, n_rates = solver.step(p, rate, res, chord, vol)
+                n_rhs += n_rates
+            else:
+                p, nmv = _newton_krylov(op, p, vol, krylov_tol)
+                n_rhs += nmv + 1
+                p /= p.sum() * vol
+                rate = op.rate(p)
+                res = np.abs(rate).sum() * vol
+            if not np.all(np.isfinite(p)):
+                raise SolverError("the stationary solve produced NaN; the grid is too coarse")
+            chord = res <= _DirectSolver.CHORD_RATIO * prev
+            if res / rate_max < tol:
+                status = "converged"
+                break
+            if checkpoint is not None:
+                checkpoint.handle(p, grid.shape, it)
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            checkpoint.write(p, grid.shape, it - 1)
+        raise
     n_factor = solver.n_factor if direct else 0
     kind = f"Newton/chord steps ({n_factor} LU)" if direct else "Newton-GMRES steps"
     msg = (f"converged in {it} {kind}, relative residual {res / rate_max:.2e}"

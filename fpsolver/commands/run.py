@@ -69,7 +69,8 @@ def run(args):
     from ..io import atomic_savez, atomic_write_json
     from ..solve import (CheckpointTracker, ConservationTracker, ProgressTracker, evolve,
                          load_checkpoint, setup_problem)
-    from ..stationary import stationary, stationary_tolerance, use_direct
+    from ..stationary import (StationaryCheckpoint, load_stationary_checkpoint, stationary,
+                              stationary_tolerance, use_direct)
 
     start = time.perf_counter()
     case = case_from_args(args)
@@ -88,7 +89,11 @@ def run(args):
     had_ckpt = ckpt.exists()
     try:
         if problem.t_final is None:
-            result = stationary(op, tol=stationary_tolerance(op, case.run.steady_tol))
+            resume = (load_stationary_checkpoint(ckpt, key) if (args.resume and had_ckpt)
+                      else None)
+            result = stationary(op, tol=stationary_tolerance(op, case.run.steady_tol),
+                                checkpoint=StationaryCheckpoint(ckpt, key, args.checkpoint_every),
+                                resume=resume)
             solver = "newton-lu" if use_direct(op) else "newton-gmres-af"
             if not result.success:
                 raise UserError(f"stationary solve did not converge: {result.message}")

@@ -1,0 +1,105 @@
+"""Stationary solves: checkpoints on a schedule and on Ctrl-C, and resumed solves (4-D
+Newton-GMRES: bit-identical to the uninterrupted solve; 2-D Newton-LU: same answer)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fpsolver import stationary as st
+from fpsolver.case import default_case, load_case
+from fpsolver.cli import main
+from fpsolver.commands.run import _fingerprint
+from fpsolver.errors import UserError
+from fpsolver.solve import setup_problem
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+NONCOMMUTING = EXAMPLES / "noncommuting.toml"
+
+
+def _interrupt_at(monkeypatch, call, name):
+    """Make the ``call``-th call of stationary.<name> raise KeyboardInterrupt (Ctrl-C)."""
+    real = getattr(st, name)
+    count = [0]
+
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == call:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st, name, wrapped)
+    return count
+
+
+@pytest.fixture(scope="module")
+def four_d():
+    """The §13 non-commuting case on 24⁴ (nested from 12⁴) and its uninterrupted solve."""
+    prob = setup_problem(load_case(NONCOMMUTING), cells=24)
+    return prob, st.stationary(prob.op, tol=1e-6)
+
+
+@pytest.mark.parametrize("call", [3, 9])  # Newton steps 1-6 on 12⁴, 7-10 on 24⁴
+def test_interrupted_4d_solve_resumes_to_the_identical_answer(four_d, tmp_path, monkeypatch,
+                                                              call):
+    prob, full = four_d
+    assert full.success
+    path = tmp_path / "checkpoint.npz"
+    ck = st.StationaryCheckpoint(path, "nc24", every_s=1e9)  # written only on Ctrl-C
+    with monkeypatch.context() as m:
+        _interrupt_at(m, call, "_newton_krylov")
+        with pytest.raises(KeyboardInterrupt):
+            st.stationary(prob.op, tol=1e-6, checkpoint=ck)
+    p, shape, steps = st.load_stationary_checkpoint(path, "nc24")
+    assert shape == ((12,) * 4 if call <= 6 else (24,) * 4)
+    res = st.stationary(prob.op, tol=1e-6, resume=(p, shape, steps))
+    assert res.success
+    assert np.array_equal(res.p, full.p)  # deterministic Newton-GMRES: bit for bit
+    if call > 6:
+        assert res.n_iter == full.n_iter  # Newton steps counted across the interruption
+
+
+def test_checkpoint_is_written_on_schedule_and_refused_for_another_problem(four_d, tmp_path):
+    prob, full = four_d
+    path = tmp_path / "checkpoint.npz"
+    st.stationary(prob.op, tol=1e-6, checkpoint=st.StationaryCheckpoint(path, "a", every_s=0))
+    p, shape, steps = st.load_stationary_checkpoint(path, "a")
+    assert shape == (24,) * 4 and 1 <= steps < full.n_iter  # the last unconverged iterate
+    assert abs(p.sum() * prob.grid.cell_volume - 1) < 1e-12
+    with pytest.raises(UserError, match="another case/grid"):
+        st.load_stationary_checkpoint(path, "b")
+
+
+def test_interrupted_2d_direct_solve_resumes_to_the_same_answer(tmp_path):
+    """The direct path refactorises on resume: the same answer to the solve tolerance."""
+    prob = setup_problem(default_case(), cells=96)
+    full = st.stationary(prob.op)
+    path = tmp_path / "checkpoint.npz"
+    part = st.stationary(prob.op, max_iter=2, checkpoint=st.StationaryCheckpoint(path, "d", 0))
+    assert part.status == "max_iter"
+    p, shape, steps = st.load_stationary_checkpoint(path, "d")
+    assert shape == (96, 96) and steps == 2
+    resumed = st.stationary(prob.op, resume=(p, shape, steps))
+    assert resumed.success and resumed.residual_rel < 1e-10
+    assert np.abs(resumed.p - full.p).sum() * prob.grid.cell_volume < 1e-8
+
+
+def test_run_resumes_an_interrupted_4d_stationary_solve(tmp_path, monkeypatch, four_d):
+    """``fpsolver run CASE --resume`` after Ctrl-C (exit 130, checkpoint left) finishes with
+    the uninterrupted solve's density."""
+    out = tmp_path / "run"
+    argv = ["run", str(NONCOMMUTING), "--out", str(out), "--no-progress", "--no-figure"]
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 9, "_newton_krylov")
+        assert main(argv) == 130
+    assert (out / "checkpoint.npz").exists() and not (out / "summary.json").exists()
+    case = load_case(NONCOMMUTING)
+    key = _fingerprint(case, four_d[0].grid)
+    assert st.load_stationary_checkpoint(out / "checkpoint.npz", key)[1] == (24,) * 4
+    assert main(argv + ["--resume"]) == 0
+    assert not (out / "checkpoint.npz").exists()
+    with np.load(out / "density.npz") as f:
+        p = f["p"]
+    reference = st.stationary(four_d[0].op, tol=st.stationary_tolerance(
+        four_d[0].op, case.run.steady_tol)).p
+    assert np.array_equal(p, reference)
