@@ -91,3 +91,11 @@ def test_line_solves_agree_with_the_banded_twin(make, rng):
         x = op.line_solve(k, 0.05, r)
         twin = reference.line_solve(al, be, 0.05, op.shape_arr, op.strides, k, r)
         np.testing.assert_allclose(x, twin, rtol=1e-13, atol=0)
+        inplace = r.copy()
+        op.line_solve(k, 0.05, inplace, inplace)
+        np.testing.assert_array_equal(inplace, x)
+    expected = r.copy()
+    for k in range(len(op.shape)):
+        expected = reference.line_solve(*op.line_coefficients(k), 0.05, op.shape_arr,
+                                        op.strides, k, expected)
+    np.testing.assert_allclose(op.af_precondition(0.05, r), -0.05 * expected, rtol=1e-12)

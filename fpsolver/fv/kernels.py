@@ -25,7 +25,8 @@ from numba import prange
 from .policy import helper, kernel
 
 ROW_BLOCK_CELLS = 4096  # cells per parallel task (whole rows)
-LANES = 256  # lines eliminated together by the line solver
+LANES = 256  # lines eliminated together by the line solver ...
+MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has this many
 
 
 @helper
@@ -278,26 +279,27 @@ def _group_velocity(g, axis, shape, vel0, velg):
 def _thomas_lanes(x, cp, ub, du, tau, dh, ih):
     """Solve (I − τT)y = x in place for each lane m of x (n, lanes), T the first-order line
     operator with face velocity ub[m] + du·i on the right face of cell i. The lane loop is
-    innermost and contiguous, so it vectorises."""
+    innermost, contiguous and unsigned-indexed, so it vectorises; one division per cell."""
     n, lanes = x.shape
     a_prev = np.zeros(lanes)
     b_prev = np.zeros(lanes)
     for i in range(n):
         wall = i == n - 1
-        for m in range(lanes):
+        first = i == 0
+        ip = max(i - 1, 0)
+        for m in range(np.uint64(lanes)):
             a, b = _line_coefficients(ub[m] + du * i, wall, dh, ih)
             low = -tau * a_prev[m]
             den = 1.0 + tau * (a + b_prev[m])
-            if i > 0:
-                den -= low * cp[i - 1, m]
-                x[i, m] = (x[i, m] - low * x[i - 1, m]) / den
-            else:
-                x[i, m] = x[i, m] / den
-            cp[i, m] = -tau * b / den
+            if not first:
+                den -= low * cp[ip, m]
+            inv = 1.0 / den
+            x[i, m] = (x[i, m] - (0.0 if first else low * x[ip, m])) * inv
+            cp[i, m] = -tau * b * inv
             a_prev[m] = a
             b_prev[m] = b
     for i in range(n - 2, -1, -1):
-        for m in range(lanes):
+        for m in range(np.uint64(lanes)):
             x[i, m] -= cp[i, m] * x[i + 1, m]
 
 
@@ -316,7 +318,7 @@ def line_solve_kernel(tau, shape, strides, axis, vel0, velg, dif, inv_h, offsets
     n = shape[axis]
     st = strides[axis]
     n_groups = rhs.size // (n * st)
-    if st >= LANES:  # lanes: a contiguous piece of one group's block
+    if st >= MIN_CONTIGUOUS_LANES:  # lanes: a contiguous piece of one group's block
         per_group = (st + LANES - 1) // LANES
         n_tasks = n_groups * per_group
     else:  # lanes: whole blocks of several groups
@@ -343,10 +345,23 @@ def line_solve_kernel(tau, shape, strides, axis, vel0, velg, dif, inv_h, offsets
             ub[m] = ug + offsets[c]
         x = np.empty((n, width))
         cp = np.empty((n, width))
-        for i in range(n):
-            for m in range(width):
-                x[i, m] = rhs[base[m] + i * st]
+        if per_group:  # the lanes are contiguous: plain copies
+            b0 = np.uint64(base[0])
+            for i in range(n):
+                row = b0 + np.uint64(i * st)
+                for m in range(np.uint64(width)):
+                    x[i, m] = rhs[row + m]
+        else:  # lanes gathered from several groups (the last axis: a transposition)
+            for i in range(n):
+                for m in range(width):
+                    x[i, m] = rhs[base[m] + i * st]
         _thomas_lanes(x, cp, ub, velg[axis, axis], tau, dif[axis], inv_h[axis])
-        for i in range(n):
-            for m in range(width):
-                out[base[m] + i * st] = x[i, m]
+        if per_group:
+            for i in range(n):
+                row = b0 + np.uint64(i * st)
+                for m in range(np.uint64(width)):
+                    out[row + m] = x[i, m]
+        else:
+            for i in range(n):
+                for m in range(width):
+                    out[base[m] + i * st] = x[i, m]
