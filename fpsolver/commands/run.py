@@ -105,7 +105,9 @@ def run(args):
             result = evolve(op, problem.p0, problem.t_final, dt=case.run.dt,
                             safety=case.run.safety, trackers=trackers, checkpoint=tracker,
                             resume=resume, scheme=case.run.scheme)
-            solver = {"explicit": "ssp-rk3", "implicit": "ros2-w-lu"}[result.history["scheme"]]
+            solver = {"explicit": "ssp-rk3",
+                      "implicit": "ros2-w-fct-" + ("lu" if grid.ndim == 2 else "gmres")
+                      }[result.history["scheme"]]
     except UserError:
         if ckpt.exists() and not had_ckpt:
             ckpt.unlink()
