@@ -3,7 +3,8 @@
 Arrays are flat (C order) with per-axis ``shape`` and ``strides`` (in elements); the last
 axis (v_d) is contiguous. The kernels walk the grid one *row* (a line along the last axis)
 at a time, and every face flux of a row is a loop over that contiguous axis with no
-branches, so LLVM vectorises it; rows are handed out to threads in blocks.
+branches, so LLVM vectorises it; threads take contiguous ranges of rows and reuse each
+outer-axis face flux for both cells it separates.
 :mod:`fpsolver.fv.reference` holds the plain-numpy twin of each kernel.
 
 Face velocities are not stored: the drift is affine, so the velocity b_k on the right face
@@ -24,7 +25,7 @@ from numba import prange
 
 from .policy import helper, kernel
 
-ROW_BLOCK_CELLS = 4096  # cells per parallel task (whole rows)
+RATE_TASKS = 16  # parallel tasks of the rate kernel (contiguous ranges of rows)
 LANES = 256  # lines eliminated together by the line solver ...
 MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has this many
 
@@ -173,31 +174,34 @@ def _row_index(row, shape, idx):
 
 
 @helper
-def _row_rate(row, first, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h,
-              acc, buf, prev, out):
-    """out[row] = −∇·F(w) on one row. acc, buf, prev: scratch of the row's length; prev
-    carries the right-face fluxes along axis nd − 2 from row − 1 to this row (its left
-    faces) unless ``first``, so those faces are computed once."""
+def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, acc,
+              buf, ring, out):
+    """out[row] = −∇·F(w) on one row of a task that started at row r0. acc, buf: scratch
+    of the row's length; ``ring`` holds, per outer axis k, the right-face fluxes of the last
+    strides[k]/nl rows: the left faces of this row are the right faces of the row one step
+    down axis k, computed once (again only where that row precedes r0)."""
     nd = shape.size
     nl = shape[nd - 1]
     c = row * nl
     acc[:] = 0.0
+    off = 0
     for k in range(nd - 1):
         ik = idx[k]
         ih = inv_h[k]
+        step = strides[k] // nl  # rows between neighbours along axis k
+        slot = np.uint64(off + (row % step) * nl)
         if ik > 0:
-            if k != nd - 2 or first:
+            if row - step < r0:
                 _outer_row_flux(k, c - strides[k], ik - 1, idx, p, w, jac, shape, strides,
-                                vel0, velg, dif, cross, inv_h, prev if k == nd - 2 else buf, 0)
-            left = prev if k == nd - 2 else buf
-            for j in range(nl):
-                acc[j] += left[j] * ih
+                                vel0, velg, dif, cross, inv_h, ring, slot)
+            for j in range(np.uint64(nl)):
+                acc[j] += ring[slot + j] * ih
         if ik < shape[k] - 1:
-            right = prev if k == nd - 2 else buf
             _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, cross,
-                            inv_h, right, 0)
-            for j in range(nl):
-                acc[j] -= right[j] * ih
+                            inv_h, ring, slot)
+            for j in range(np.uint64(nl)):
+                acc[j] -= ring[slot + j] * ih
+        off += strides[k]
     _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, buf, 0)
     ih = inv_h[nd - 1]
     out[c] = acc[0] - buf[0] * ih
@@ -209,25 +213,29 @@ def _row_rate(row, first, idx, p, w, jac, shape, strides, vel0, velg, dif, cross
 @kernel
 def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
     """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w.
-    Threads take blocks of consecutive rows."""
+    RATE_TASKS tasks take contiguous ranges of rows; each face flux is computed once,
+    except the left faces of a task's first rows along each outer axis."""
     nd = shape.size
     nl = shape[nd - 1]
     n_rows = w.size // nl
-    per = max(1, ROW_BLOCK_CELLS // nl)
-    for block in prange((n_rows + per - 1) // per):
+    ring_size = 0
+    for k in range(nd - 1):
+        ring_size += strides[k]
+    per = (n_rows + RATE_TASKS - 1) // RATE_TASKS
+    for task in prange((n_rows + per - 1) // per):
+        r0 = task * per
         idx = np.zeros(nd, dtype=np.int64)
         acc = np.empty(nl)
         buf = np.empty(nl)
-        prev = np.empty(nl)
-        for row in range(block * per, min(n_rows, (block + 1) * per)):
+        ring = np.empty(ring_size)
+        for row in range(r0, min(n_rows, r0 + per)):
             _row_index(row, shape, idx)
-            first = row == block * per
             if jac:
-                _row_rate(row, first, idx, p, w, True, shape, strides, vel0, velg, dif,
-                          cross, inv_h, acc, buf, prev, out)
+                _row_rate(row, r0, idx, p, w, True, shape, strides, vel0, velg, dif, cross,
+                          inv_h, acc, buf, ring, out)
             else:
-                _row_rate(row, first, idx, w, w, False, shape, strides, vel0, velg, dif,
-                          cross, inv_h, acc, buf, prev, out)
+                _row_rate(row, r0, idx, w, w, False, shape, strides, vel0, velg, dif, cross,
+                          inv_h, acc, buf, ring, out)
 
 
 @kernel
