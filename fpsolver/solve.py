@@ -37,14 +37,18 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   Gaussian 7.374e-3 (unlimited 7.367e-3, explicit 7.376e-3) at the default step, 1.00e-2
   (unlimited 8.93e-3) at 10×. Time order against a converged explicit run: 2.00, 2.10
   over Δt = 0.01 → 0.005 → 0.0025; 1.81 over 0.02 → 0.01, where the limiter corrects an
-  undershoot of −2.6e-2. Cost per step (one core): 64², 0.5 ms unlimited → 1.0 ms
-  limited (one more solve, four face-flux sweeps, the numpy limiter).
+  undershoot of −2.6e-2. Cost per step (one core): 128², 1.6 ms (3 LU solves of 0.35 ms,
+  4 kernel sweeps, limiter 0.2 ms; unlimited ROS2 with COLAMD LUs took 2.0 ms), explicit
+  0.12 ms: at the default case's Δt = 6.9× the explicit one 1.36 s vs 0.84 s (L1 1.44e-3 vs
+  1.36e-3), so "auto" stays explicit; plain SGD η = 0.01, 64²: Δt = 52× the explicit
+  bound, 0.07 s vs 0.43 s.
   4-D (§13 model, 16⁴): orders 1.84, 1.91, min/max ≥ −1.4e-14 (unlimited −1.2e-5). GMRES
-  needs 5-7 products per solve on the §13 case, but ~30 (16⁴) to ~60 (32⁴) on stiff ones
+  needs 5-8 products per solve on the §13 case but 30 (16⁴) to 62 (32⁴) on stiff ones
   (plain SGD η = 0.01: the two v axes are both stiff and cross-diffused, which the
-  line-by-line factorisation misses), so a 4-D implicit step costs ~50 (16⁴) to ~220 (32⁴)
-  explicit steps: 3-4× slower than explicit at the accuracy step, hence the high
-  KRYLOV_STIFF_RATIO.
+  line-by-line factorisation misses). 32⁴ per step: §13 0.86 s vs 24 ms explicit (Δt 2.9×
+  the explicit one: 8.9× slower), stiff 6.5 s vs 22 ms (Δt 42×: 5.6× slower); hence
+  KRYLOV_STIFF_RATIO. (An exact LU of the (v₁, v₂)-plane blocks as preconditioner cut the
+  stiff 32⁴ count from 43 to 6 products, but its 0.115 s solves made it only 1.4× faster.)
 """
 
 import math
@@ -239,7 +243,7 @@ ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 ACCURACY = 0.02  # implicit default step: radians of the fastest rotation per step ...
 RELAXATION = 0.5  # ... and e-folds of the fastest relaxation per step
 STIFF_RATIO = 50.0  # "auto" steps implicitly when the explicit step is this much smaller
-KRYLOV_STIFF_RATIO = 250.0  # ... on 4-D grids, where one implicit step costs ~220 explicit ones
+KRYLOV_STIFF_RATIO = 300.0  # ... on 4-D grids, where one implicit step costs 50-300 explicit ones
 
 
 def implicit_step_size(op, t_final, dt=None, safety=0.8):
@@ -514,7 +518,7 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
            f"stopped at t = {state.t:.6g}: {status} (tracker)")
     return SolveResult(p=state.p.reshape(op.shape), t=state.t, success=True, status=status,
                        message=msg, n_steps=state.step,
-                       n_rhs=(3 if ros2 is None else 2) * (state.step - step), dt=dt,
+                       n_rhs=(3 if ros2 is None else 4) * (state.step - step), dt=dt,
                        residual=res, residual_rel=res / op.max_rate(),
                        mass_error=abs(mass - cons.mass0) / cons.mass0,
                        min_density=float(state.p.min()),
