@@ -43,11 +43,11 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   1.36e-3), so "auto" stays explicit; plain SGD η = 0.01, 64²: Δt = 52× the explicit
   bound, 0.07 s vs 0.43 s.
   4-D (§13 model, 16⁴): orders 1.84, 1.91, min/max ≥ −1.4e-14 (unlimited −1.2e-5). GMRES
-  needs 5-8 products per solve on the §13 case but 30 (16⁴) to 62 (32⁴) on stiff ones
+  needs 5-8 products per solve on the §13 case but 30 (16⁴) to 59 (32⁴) on stiff ones
   (plain SGD η = 0.01: the two v axes are both stiff and cross-diffused, which the
-  line-by-line factorisation misses). 32⁴ per step: §13 0.86 s vs 24 ms explicit (Δt 2.9×
-  the explicit one: 8.9× slower), stiff 6.5 s vs 22 ms (Δt 42×: 5.6× slower); hence
-  KRYLOV_STIFF_RATIO. (An exact LU of the (v₁, v₂)-plane blocks as preconditioner cut the
+  line-by-line factorisation misses). 32⁴ per step: §13 0.84 s vs 24 ms explicit (Δt 2.9×
+  the explicit one: 8.8× slower), stiff 5.7 s vs 22 ms (Δt 42×: 4.9× slower; min/max
+  −6e-13); hence KRYLOV_STIFF_RATIO. (An exact LU of the (v₁, v₂)-plane blocks as preconditioner cut the
   stiff 32⁴ count from 43 to 6 products, but its 0.115 s solves made it only 1.4× faster.)
 """
 
@@ -282,7 +282,8 @@ def choose_scheme(op, scheme):
 KRYLOV_RTOL = 1e-6  # GMRES relative residual of each 4-D stage solve (1e-9: same L1 to 1e-7)
 KRYLOV_LOW_RTOL = 1e-10  # ... of the low-order solve, whose residual is the positivity error
 KRYLOV_MAXITER = 400  # matrix-vector products per solve before giving up
-KRYLOV_MEMORY = 2e9  # bytes of Krylov basis: restart length on the largest grids
+KRYLOV_RESTART = 20  # GMRES(20): 32⁴ stiff solve 1.55 s (54 products) vs 2.0 s (45) at 40
+KRYLOV_MEMORY = 2e9  # bytes of Krylov basis: shorter restarts on the largest grids
 
 
 class _LuSolve:
@@ -313,7 +314,7 @@ class _KrylovSolve:
         n = op.size
         self.a = spla.LinearOperator((n, n), matvec=self._matvec, dtype=float)
         self.m = spla.LinearOperator((n, n), matvec=self._precondition, dtype=float)
-        self.restart = int(min(40, max(10, KRYLOV_MEMORY // (8 * n))))
+        self.restart = int(min(KRYLOV_RESTART, max(10, KRYLOV_MEMORY // (8 * n))))
         self.n_solves = self.n_iter = 0
 
     def _matvec(self, w):

@@ -373,3 +373,15 @@ def test_4d_implicit_run_resumes_to_the_same_answer(tmp_path):
                      resume=load_checkpoint(tmp_path / "ck.npz", "k"))
     assert resumed.n_steps == full.n_steps == 10
     np.testing.assert_array_equal(resumed.p, full.p)
+
+
+def test_auto_steps_4d_implicitly_only_when_far_stiffer_than_2d():
+    """Plain SGD η = 0.01 on the §13 model: the stiffness gain (accuracy step × rate bound)
+    grows with the v resolution: 21 on 16⁴ (implicit would be 3.5× slower), 434 on
+    (8, 8, 128, 128) cells, past KRYLOV_STIFF_RATIO = 300."""
+    model = _non_commuting_model(0.01, 0.0)
+    stat = (model.stationary_mean, theory.stationary_cov(model))
+    for cells, scheme in (((16,) * 4, "explicit"), ((8, 8, 128, 128), "implicit")):
+        grid = sized_grid(cells, stat, 6.0)
+        op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
+        assert choose_scheme(op, "auto") == scheme
