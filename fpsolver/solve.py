@@ -469,12 +469,13 @@ def _ssp_rk3(op, p, dt, k, stage, out):
 def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, resume=None,
            scheme="explicit"):
     """Integrate ∂_t p = Lp from p0 (grid shape) to t_final with SSP-RK3 (``scheme``
-    "explicit") or ROS2 ("implicit", 2-D; "auto": :func:`choose_scheme`).
+    "explicit") or positivity-limited ROS2 ("implicit", 2-D and 4-D; "auto":
+    :func:`choose_scheme`).
 
     ``checkpoint``: a CheckpointTracker (written on schedule and on Ctrl-C, which then
     re-raises KeyboardInterrupt); ``resume``: (p, step, n_steps, dt) from
-    :func:`load_checkpoint`. Returns a SolveResult
-    (``history["scheme"]``: the scheme used).
+    :func:`load_checkpoint`. Returns a SolveResult (``history["scheme"]``: the scheme
+    used; implicit runs add "linear_solves", "krylov_products" and "limiter_l1").
     """
     start = time.perf_counter()
     if scheme not in ("auto", "explicit", "implicit"):
