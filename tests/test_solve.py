@@ -358,6 +358,7 @@ def test_4d_implicit_is_stable_far_beyond_the_explicit_bound_on_a_stiff_case():
     res = evolve(prob.op, prob.p0, prob.t_final, scheme="implicit")
     assert res.dt * prob.op.max_rate() >= 10
     assert res.mass_error <= 1e-12 and res.history["max_mass_error"] <= 1e-12
+    assert res.history["min_density_rel"] >= -1e-12  # −2.0e-13 (cross-diffusion: W not M)
     spatial = compare(prob, explicit)["l1_error"]
     assert np.abs(res.p - explicit.p).sum() * prob.grid.cell_volume <= 0.1 * spatial
 
