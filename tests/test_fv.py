@@ -40,6 +40,23 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     np.testing.assert_allclose(flux, twin_f, rtol=0, atol=1e-13 * np.abs(twin_f).max())
 
 
+@pytest.mark.parametrize("jac", [False, True])
+def test_kernels_stay_finite_on_subnormal_tails(jac, rng):
+    """Far tails hold subnormal densities (and zeros): the limiter's a/(a + b) must not
+    overflow there (1/(a + b) does: a + b ~ 1e-320)."""
+    op = _operator_4d()
+    w = rng.random(op.size) - 0.3
+    out = np.empty(op.size)
+    with np.errstate(under="ignore"):
+        p = rng.random(op.size) * 1e-310
+        p[rng.random(op.size) < 0.3] = 0.0
+        kernels.rate_kernel(p, p if not jac else w, jac, *op.kernel_args(), out)
+        twin = reference.rate(p, p if not jac else w, jac, *op.kernel_args())
+        assert np.all(np.isfinite(out))
+        # subnormals keep only a few significant bits: agreement to 1e-3 of the scale
+        assert np.abs(out - twin).max() <= 1e-3 * np.abs(twin).max()
+
+
 @pytest.mark.parametrize("make", [_operator_2d, _operator_4d])
 def test_conservative_and_homogeneous(make, rng):
     """Σ rate = 0 (zero-flux walls) to round-off, and Jac(p)·p = rate(p) (degree-1 limiter)."""

@@ -36,12 +36,12 @@ def _slope(ap, bp, aw, bw, jac):
     2ab/(a + b) when they have one sign, else 0 (TVD: face values stay between neighbours).
     With ``jac`` its derivative at the p differences (ap, bp), 2(b²δa + a²δb)/(a + b)²,
     applied to the w differences (aw, bw); written with a/(a+b), b/(a+b) so tiny densities
-    do not underflow to 0/0. One division (the kernels' bottleneck)."""
+    do not underflow to 0/0."""
     same = (min(ap, bp) > 0.0) | (max(ap, bp) < 0.0)
-    inv = 1.0 / (ap + bp if same else 1.0)
-    beta = bp * inv
+    s = ap + bp if same else 1.0
+    beta = bp / s  # not bp·(1/s): 1/s overflows for subnormal s
     if jac:
-        alpha = ap * inv
+        alpha = ap / s
         val = 2.0 * (beta * beta * aw + alpha * alpha * bw)
     else:
         val = 2.0 * ap * beta
