@@ -66,7 +66,7 @@ import scipy.sparse.linalg as spla
 from .errors import SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
 from .fv.kernels import face_flux_kernel
-from .fv.policy import threads_for
+from .fv.policy import single_threaded_blas, threads_for
 from .grid import sized_grid
 from .io import atomic_savez
 
@@ -328,15 +328,11 @@ class _KrylovSolve:
         return out
 
     def _precondition(self, x):
-        out = self.op.line_solve(0, self.tau, x)
-        for k in range(1, self.op.grid.ndim):
-            self.op.line_solve(k, self.tau, out, out)  # in place
-        return out
+        return self.op.line_factorisation(self.tau, x)
 
     def __call__(self, rhs):
-        from .stationary import _single_threaded_blas
         self.n_solves += 1
-        with _single_threaded_blas():
+        with single_threaded_blas():
             x, info = spla.gmres(self.a, rhs, rtol=self.rtol, atol=0.0, restart=self.restart,
                                  maxiter=KRYLOV_MAXITER // self.restart, M=self.m)
         if info != 0 or not np.all(np.isfinite(x)):

@@ -33,6 +33,7 @@ import scipy.sparse.linalg as spla
 
 from .errors import SolverError, UserError
 from .fv import FPOperator, jacobian_matrix
+from .fv.policy import single_threaded_blas
 from .grid import uniform_grid
 from .io import atomic_savez, read_checkpoint
 from .solve import SolveResult
@@ -131,16 +132,6 @@ class _DirectSolver:
         return (*self._trial(p, rate, vol), 1)
 
 
-def _single_threaded_blas():
-    """Context limiting BLAS to one thread (GMRES dot products); no-op without threadpoolctl."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        import contextlib
-        return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
-
-
 def af_tau(op):
     """ADI parameter τ = 1/√(rate_max·γ_min): the geometric mean of the fastest discrete
     and the slowest physical time scale (γ_min = min Re eig A)."""
@@ -164,7 +155,7 @@ def _newton_krylov(op, p, vol, rel_tol):
     a = spla.LinearOperator((op.size, op.size), matvec=matvec, dtype=float)
     m = spla.LinearOperator((op.size, op.size), matvec=lambda x: op.af_precondition(tau, x),
                             dtype=float)
-    with _single_threaded_blas():  # threaded BLAS dot products thrash next to numba threads
+    with single_threaded_blas():
         delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=20, maxiter=25, M=m)
     x = p + delta
     return x / (x.sum() * vol), count[0]

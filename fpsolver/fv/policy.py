@@ -34,3 +34,10 @@ def num_threads(n=None):
 def threads_for(n_cells):
     """Context: one thread below PARALLEL_MIN_CELLS cells, else all."""
     return num_threads(1 if n_cells < PARALLEL_MIN_CELLS else None)
+
+
+def single_threaded_blas():
+    """Context limiting BLAS to one thread: threaded BLAS calls (GMRES dot products) next
+    to the numba threads thrash a 2-core machine."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
