@@ -65,7 +65,7 @@ import scipy.sparse.linalg as spla
 
 from .errors import SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
-from .fv.kernels import face_flux_kernel
+from .fv.kernels import face_flux_kernel, stage_kernel
 from .fv.policy import single_threaded_blas, threads_for
 from .grid import sized_grid
 from .io import atomic_savez
@@ -442,23 +442,16 @@ class _Ros2:
 def _ssp_rk3(op, p, dt, k, stage, out):
     """One Shu-Osher SSP-RK3 step p → out (flat arrays, in place: no allocation per step).
 
-    ``k`` and ``stage`` are scratch arrays of p's size (4-D grids hold 10⁷ cells).
+    ``k`` and ``stage`` are scratch arrays of p's size (4-D grids hold 10⁷ cells); each
+    stage combination is one kernel pass (:func:`fv.kernels.stage_kernel`).
     """
-    op.rate(p, out=k)
-    np.multiply(k, dt, out=stage)
-    stage += p                                   # p1 = p + Δt L(p)
-    op.rate(stage, out=k)
-    k *= dt
-    stage += k
-    stage *= 0.25
-    np.multiply(p, 0.75, out=out)
-    stage += out                                 # p2 = ¾p + ¼(p1 + Δt L(p1))
-    op.rate(stage, out=k)
-    k *= dt
-    stage += k
-    stage *= 2.0 / 3.0
-    np.multiply(p, 1.0 / 3.0, out=out)
-    out += stage                                 # p3 = ⅓p + ⅔(p2 + Δt L(p2))
+    with threads_for(op.size):
+        op.rate(p, out=k)
+        stage_kernel(0.0, p, 1.0, p, dt, k, stage)                 # p1 = p + Δt L(p)
+        op.rate(stage, out=k)
+        stage_kernel(0.75, p, 0.25, stage, dt, k, stage)           # p2 = ¾p + ¼(p1 + Δt L(p1))
+        op.rate(stage, out=k)
+        stage_kernel(1.0 / 3.0, p, 2.0 / 3.0, stage, dt, k, out)   # p3 = ⅓p + ⅔(p2 + Δt L(p2))
 
 
 @np.errstate(under="ignore")  # far-tail densities ~1e-300 flush to zero

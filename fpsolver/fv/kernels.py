@@ -263,6 +263,14 @@ def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, o
         flat[(nd - 1) * size + c + nl - 1] = 0.0
 
 
+@kernel
+def stage_kernel(a, x, b, y, dt, k, out):
+    """out = a·x + b·(y + dt·k) elementwise (flat; out may be y): one pass for a
+    Runge-Kutta stage instead of four numpy operations."""
+    for i in prange(out.size):
+        out[i] = a * x[i] + b * (y[i] + dt * k[i])
+
+
 @helper
 def _line_coefficients(u, wall, dh, inv_h):
     """(α, β) of the first-order line operator on a right face with velocity u: upwind
