@@ -175,7 +175,7 @@ def use_direct(op):
 
 
 NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
-NESTED_TOL = 1e-5  # the half grid's solve need not beat the interpolation error (~1e-3)
+NESTED_TOL = 1e-5  # GMRES: the half grid's solve need not beat the interpolation error
 KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
 
 
@@ -211,8 +211,9 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     elif p0 is None and nested and min(grid.shape) // 2 >= NESTED_MIN_CELLS:
         coarse = uniform_grid([n // 2 for n in grid.shape], grid.bounds)
         cop = FPOperator(coarse, op.drift, op.diffusion, op.mean)
-        sub = stationary(cop, tol=max(tol, NESTED_TOL), max_iter=max_iter,
-                         krylov_tol=krylov_tol, checkpoint=checkpoint, resume=resume)
+        sub_tol = tol if direct else max(tol, NESTED_TOL)  # coarse LU steps are cheap
+        sub = stationary(cop, tol=sub_tol, max_iter=max_iter, krylov_tol=krylov_tol,
+                         checkpoint=checkpoint, resume=resume)
         n_rhs += sub.n_rhs
         p0 = prolong(sub.p, coarse, grid)
     if resumed:  # a checkpointed iterate is already normalised: renormalising changes bits
