@@ -12,7 +12,7 @@ first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·
 from the solution on the grid with half the cells (nested iteration down to 12 cells per
 axis; the coarse levels are solved to NESTED_TOL only). On the §13 case each Newton step
 takes 40-70 Jacobian products; 64⁴ (16.7 M cells) converges to a relative residual of
-8e-9 in 3 Newton steps from the 32⁴ solution: 160 s and 4.4 GB on 2 cores, L1 error
+8e-9 in 3 Newton steps from the 32⁴ solution: 117 s, about 4 GB on 2 cores, L1 error
 1.8e-2 (unpreconditioned GMRES needed ~15× more iterations on the 2-D analogue).
 GMRES(20) instead of GMRES(40): the same Newton steps for half the Gram-Schmidt traffic.
 
