@@ -521,6 +521,7 @@ def main(argv=None):
     ap.add_argument("--sections", nargs="+", metavar="NAME",
                     help="run only these sections (e.g. stationary_4d with --four-d 64)")
     args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure this tree
     if args.fipy_cap_mb is None:
         args.fipy_cap_mb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2e6
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
