@@ -6,15 +6,16 @@ first step from a constant p solves the first-order (upwind) problem. 2-D grids:
 LU of the probed Jacobian, reused for chord steps while they contract the residual at
 least 2-fold (a chord step that does not is redone as a Newton step), every step damped
 to keep p positive (from 96² up started from the half-grid solution: 2-4 LUs).
-4-D grids: inexact Newton, GMRES(20) on the matrix-free Jacobian (relative tolerance
+4-D grids: inexact Newton, GMRES(10) on the matrix-free Jacobian (relative tolerance
 1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
 first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·γ)), started
 from the solution on the grid with half the cells (nested iteration down to 12 cells per
 axis; the coarse levels are solved to NESTED_TOL only). On the §13 case each Newton step
-takes 40-70 Jacobian products; 64⁴ (16.7 M cells) converges to a relative residual of
+takes 40-90 Jacobian products; 64⁴ (16.7 M cells) converges to a relative residual of
 8e-9 in 3 Newton steps from the 32⁴ solution: 117 s, about 4 GB on 2 cores, L1 error
 1.8e-2 (unpreconditioned GMRES needed ~15× more iterations on the 2-D analogue).
-GMRES(20) instead of GMRES(40): the same Newton steps for half the Gram-Schmidt traffic.
+GMRES(10): more products than GMRES(20) (32⁴: 739 vs 613) but less Gram-Schmidt traffic,
+which on 64⁴ costs as much as a product (32⁴: 5.0 vs 6.4 s; 64⁴: 106 vs 117 s).
 
 Long solves checkpoint (:class:`StationaryCheckpoint`: the Newton iterate and its level)
 and resume with :func:`load_stationary_checkpoint`.
@@ -156,7 +157,8 @@ def _newton_krylov(op, p, vol, rel_tol):
     m = spla.LinearOperator((op.size, op.size), matvec=lambda x: op.af_precondition(tau, x),
                             dtype=float)
     with single_threaded_blas():
-        delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=20, maxiter=25, M=m)
+        delta, _ = spla.gmres(a, -r, rtol=rel_tol, restart=GMRES_RESTART,
+                              maxiter=GMRES_PRODUCTS // GMRES_RESTART, M=m)
     x = p + delta
     return x / (x.sum() * vol), count[0]
 
@@ -174,6 +176,8 @@ def use_direct(op):
     return op.grid.ndim == 2 and op.size <= DIRECT_MAX_CELLS
 
 
+GMRES_RESTART = 10  # Krylov vectors kept (see the module docstring)
+GMRES_PRODUCTS = 500  # Jacobian products per Newton step before GMRES gives up
 NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
 NESTED_TOL = 1e-5  # GMRES: the half grid's solve need not beat the interpolation error
 KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
