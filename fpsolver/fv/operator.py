@@ -74,8 +74,9 @@ class FPOperator:
         self.vel0 = -(drift @ first) - np.diag(drift) * h / 2
         self.velg = -drift * h[None, :]
         self.shape_arr = np.array(self.shape, dtype=np.int64)
-        self._lines = None
+        self._lines = {}
         self._max_rate = None
+        self._ones = None
 
     def face_velocity(self, k):
         """Drift velocity b_k on the right face of every cell along axis k (shape); the
@@ -115,14 +116,40 @@ class FPOperator:
             kernels.rate_kernel(pf, wf, True, *self.kernel_args(), res)
         return res.reshape(np.shape(w))
 
+    def first_order_apply(self, w, out=None):
+        """W·w: the first-order operator (upwind advection, central diffusion), i.e. the
+        Jacobian of ``rate`` at a constant density (every limited slope is 0 there)."""
+        return self.jacobian_apply(self._constant(), w, out)
+
     @np.errstate(under="ignore")  # far-tail fluxes ~1e-300 flush to zero
-    def face_fluxes(self, p):
-        """Right-face fluxes F_k (2d, *shape) of the scheme at p; 0 on the walls."""
-        pf = self._flat(p)
-        out = np.empty((len(self.shape), self.size))
+    def face_fluxes(self, w, out=None, first_order=False):
+        """Right-face fluxes F_k (2d, *shape) of the scheme at w (of W with
+        ``first_order``); 0 on the walls."""
+        wf = self._flat(w)
+        res = np.empty((len(self.shape), self.size)) if out is None else out
         with threads_for(self.size):
-            kernels.face_flux_kernel(pf, pf, False, *self.kernel_args(), out)
-        return out.reshape((len(self.shape),) + self.shape)
+            kernels.face_flux_kernel(self._constant() if first_order else wf, wf, first_order,
+                                     *self.kernel_args(), res)
+        return res.reshape((len(self.shape),) + self.shape)
+
+    def divergence(self, flux, out=None):
+        """∇·F (flat, N) of right-face fluxes ``flux`` (2d, *shape), 0 on the walls: the
+        scheme's rate is −divergence(face_fluxes(p))."""
+        res = np.empty(self.size) if out is None else out
+        div = res.reshape(self.shape)
+        div[...] = 0.0
+        for k in range(len(self.shape)):
+            f = np.moveaxis(np.reshape(flux[k], self.shape), k, 0) * self.inv_h[k]
+            d = np.moveaxis(div, k, 0)
+            d += f
+            d[1:] -= f[:-1]
+        return res
+
+    def _constant(self):
+        """A constant density (ones, flat), where the Jacobian is the first-order W."""
+        if self._ones is None:
+            self._ones = np.ones(self.size)
+        return self._ones
 
     @np.errstate(under="ignore")
     def current(self, p):
@@ -149,8 +176,6 @@ class FPOperator:
 
     def _line_offsets(self, k):
         """Σ_{l>k} velg[k, l]·i_l over the cells of one contiguous block after axis k."""
-        if self._lines is None:
-            self._lines = {}
         if k not in self._lines:
             rest = self.shape[k + 1:]
             idx = np.indices(rest).reshape(len(rest), -1) if rest else np.zeros((0, 1))
