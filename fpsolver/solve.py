@@ -68,7 +68,7 @@ from .fv import FPOperator, jacobian_matrix
 from .fv.kernels import stage_kernel
 from .fv.policy import single_threaded_blas, threads_for
 from .grid import sized_grid
-from .io import atomic_savez
+from .io import atomic_savez, read_checkpoint
 
 
 @dataclass
@@ -218,13 +218,7 @@ class CheckpointTracker(Tracker):
 
 def load_checkpoint(path, key):
     """(p, step, n_steps, dt) from a checkpoint written for the problem ``key``."""
-    try:
-        with np.load(path) as f:
-            data = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read checkpoint {path}: {exc}") from None
-    if str(data["key"]) != str(key):
-        raise UserError(f"checkpoint {path} belongs to another case/grid; rerun without --resume")
+    data = read_checkpoint(path, key)
     return data["p"].ravel().copy(), int(data["step"]), int(data["n_steps"]), float(data["dt"])
 
 
