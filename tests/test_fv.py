@@ -24,7 +24,11 @@ def _operator_4d(d12=0.51):
     return FPOperator(grid, a, d, np.array([0.01, -0.02, 0.0, 0.0]))
 
 
-@pytest.mark.parametrize("make", [_operator_2d, _operator_4d, lambda: _operator_4d(-0.4)])
+FOUR_D_CROSS = [0.51, -0.4, 0.8, -0.8]  # |D_12| ≤ / > 0.669: linear / linear + clipped
+
+
+@pytest.mark.parametrize("make", [_operator_2d] + [lambda d=d: _operator_4d(d)
+                                                   for d in FOUR_D_CROSS])
 @pytest.mark.parametrize("jac", [False, True])
 def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     op = make()
@@ -57,7 +61,7 @@ def test_kernels_stay_finite_on_subnormal_tails(jac, rng):
         assert np.abs(out - twin).max() <= 1e-3 * np.abs(twin).max()
 
 
-@pytest.mark.parametrize("make", [_operator_2d, _operator_4d])
+@pytest.mark.parametrize("make", [_operator_2d, _operator_4d, lambda: _operator_4d(0.8)])
 def test_conservative_and_homogeneous(make, rng):
     """Σ rate = 0 (zero-flux walls) to round-off, and Jac(p)·p = rate(p) (degree-1 limiter)."""
     op = make()
@@ -68,7 +72,21 @@ def test_conservative_and_homogeneous(make, rng):
     np.testing.assert_allclose(op.jacobian_apply(p, p), r, rtol=0, atol=1e-13 * np.abs(r).max())
 
 
-@pytest.mark.parametrize("make", [_operator_2d, _operator_4d])
+@pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
+def test_jacobian_is_the_derivative_of_the_rate(make, rng):
+    """Central differences of rate(p ± εw), ε = 1e-8: round-off ~1e-8 of the scale, and a
+    limiter kink lies within ε of p with probability ~1e-8 per difference (p uniform); a
+    wrong slope or saturation derivative is off by O(1). p varies 50-fold between cells,
+    so limiters and the saturated cross flux take all their branches."""
+    op = make()
+    p, w = 0.02 + rng.random(op.size), rng.random(op.size) - 0.5
+    eps = 1e-8
+    fd = (op.rate(p + eps * w) - op.rate(p - eps * w)) / (2 * eps)
+    exact = op.jacobian_apply(p, w)
+    np.testing.assert_allclose(exact, fd, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("make", [_operator_2d, _operator_4d, lambda: _operator_4d(-0.8)])
 def test_probed_matrix_is_the_kernel_jacobian(make, rng):
     op = make()
     p, w = rng.random(op.size), rng.random(op.size)
@@ -79,14 +97,25 @@ def test_probed_matrix_is_the_kernel_jacobian(make, rng):
     assert np.abs(colsum).max() < 1e-12 * abs(m).max()
 
 
-def test_forward_euler_at_the_rate_bound_keeps_densities_nonnegative(rng):
-    """Diagonal D: MUSCL face values between neighbours + central diffusion ⇒ positive."""
-    op = _operator_4d(d12=0.0)
+@pytest.mark.parametrize("d12", [0.0] + FOUR_D_CROSS)
+def test_forward_euler_at_the_rate_bound_keeps_densities_nonnegative(d12, rng):
+    """MUSCL face values between neighbours + central diffusion + cross-diffusion that is
+    either an M-matrix (linear) or limited ⇒ positive. Without the limiter the diagonal
+    stencil at D_12 = ±0.8 undershoots (checked below)."""
+    op = _operator_4d(d12)
+    # the diagonal stencil is an M-matrix up to |D_12| = D_11 h_2/h_1 = 0.669
+    assert np.abs(op.cross_lim).max() == pytest.approx(max(abs(d12) - 0.669, 0.0), abs=1e-3)
     dt = 1.0 / op.max_rate()
     for _ in range(5):
         p = rng.random(op.size) ** 6  # rough, with near-zero cells
         q = p + dt * op.rate(p)
         assert q.min() >= -1e-15 * p.max()
+    if np.any(op.cross_lim):  # all of D_12 on the diagonal stencil is not positive
+        op.cross += op.cross_lim
+        op.cross_lim[...] = 0.0
+        p = np.zeros(op.shape)
+        p[4, 4, 5, 4] = 1.0  # a point mass: the axial couplings of the diagonal stencil < 0
+        assert (p.ravel() + dt * op.rate(p).ravel()).min() < -1e-3
 
 
 def test_current_is_the_mean_of_face_fluxes_and_walls_carry_none(rng):

@@ -13,7 +13,8 @@ The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk
 − D_kb ∂_b w: MUSCL advection with the van Leer limiter (σ the limited slope of the
 upstream cell, 0 next to a wall), central diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes)
 and the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2
-only) on the diagonal stencil matching its sign.
+only): on the diagonal stencil matching its sign, ``cross`` linear and ``cross_lim`` (the
+part beyond what keeps that stencil an M-matrix) with its flux saturated (:func:`_saturated`).
 
 ``jac`` = False evaluates the nonlinear scheme on ``w`` (``p`` unused); ``jac`` = True
 applies its Jacobian at ``p`` to ``w``. The van Leer slope s(a, b) = 2ab/(a + b) is
@@ -99,8 +100,8 @@ def _outer_run(lo, hi, u0, du, dk, w, p, ll, l, r, rr, jac, out, o):
 
 
 @helper
-def _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h,
-                    out, o):
+def _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, cross,
+                    cross_lim, inv_h, out, o):
     """out[o:o + nl] = fluxes through the right faces along outer axis k of the row starting
     at flat cell c (axis-k index ik < shape[k] − 1)."""
     nd = shape.size
@@ -110,27 +111,79 @@ def _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, c
     crr = c + 2 * st if ik + 2 <= shape[k] - 1 else c + st
     u0 = _row_velocity(k, idx, ik, vel0, velg)
     _outer_run(0, nl, u0, velg[k, nd - 1], dif[k], w, p, cll, c, c + st, crr, jac, out, o)
-    if k == nd - 2 and cross[k, nd - 1] != 0.0:  # −D_kb ∂_b w, b the last axis
+    if k == nd - 2 and (cross[k, nd - 1] != 0.0 or cross_lim[k, nd - 1] != 0.0):
+        # −D_kb ∂_b w, b the last axis
         dg = 0.5 * cross[k, nd - 1] * inv_h[nd - 1]
-        out[o] -= _cross_term(w, c, c + st, 0, 0, 1, dg)
-        for j in range(np.uint64(1), np.uint64(nl - 1)):
-            out[np.uint64(o) + j] -= _cross_term(w, np.uint64(c), np.uint64(c + st), j,
-                                                 j - np.uint64(1), j + np.uint64(1), dg)
-        out[o + nl - 1] -= _cross_term(w, c, c + st, nl - 1, nl - 2, nl - 1, dg)
+        dgl = 0.5 * cross_lim[k, nd - 1] * inv_h[nd - 1]
+        r = c + st  # the first and last faces' b-neighbour is the cell itself (wall)
+        _cross_run(0, 1, p, w, c, r, c, c + 1, r, r + 1, dg, dgl, jac, out, o)
+        _cross_run(1, nl - 1, p, w, c, r, c - 1, c + 1, r - 1, r + 1, dg, dgl, jac, out, o)
+        _cross_run(nl - 1, nl, p, w, c, r, c - 1, c, r - 1, r, dg, dgl, jac, out, o)
 
 
 @helper
-def _cross_term(w, cl, cr, j, jm, jp, dg):
-    """dg·(∂_b w summed over the face's two cells) for the face at position j between rows
-    cl and cr, b the last axis (jm/jp: j ∓ 1, or j at a wall); the diagonal stencil
-    matching the sign of dg = D_kb/(2h_b)."""
-    if dg > 0.0:
-        return dg * (w[cr + jp] - w[cr + j] + w[cl + j] - w[cl + jm])
-    return dg * (w[cr + j] - w[cr + jm] + w[cl + jp] - w[cl + j])
+def _diagonal_difference(w, l, r, lm, lp, rm, rp, positive):
+    """2h_b ∂_b w on the face between cells l and r on the diagonal stencil matching the
+    sign of D_ab (``positive``): the differences of r up and l down axis b, or the reverse."""
+    if positive:
+        return w[rp] - w[r] + w[l] - w[lm]
+    return w[r] - w[rm] + w[lp] - w[l]
 
 
 @helper
-def _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out, o):
+def _saturated(g, gw, pl, pr, wl, wr, cap, jac):
+    """The saturated cross term: g/(1 + (|g|/B)⁴)^¼ with B = cap·p of the cell the flow −g
+    leaves (l for g < 0), i.e. sign(g)·min(|g|, B)/(1 + t⁴)^¼ with t = min/max of |g|, B.
+    Unchanged where |g| ≪ B (relative change (|g|/B)⁴/4), never beyond ±B (a flow out of a
+    cell at most cap times its density: positive), smooth (a hard clip made the 4-D Newton
+    iteration stall at its kinks) and homogeneous of degree one. With ``jac`` its
+    derivative at (g, B) applied to (gw, B_w). Branch-free, so the face loop vectorises."""
+    left = g < 0.0
+    ps = pl if left else pr
+    sign_p = 1.0 if ps >= 0.0 else -1.0  # |p|: defined for negative densities too
+    bound = cap * sign_p * ps
+    bw = cap * sign_p * (wl if left else wr)
+    a = abs(g)
+    lo = min(a, bound)
+    hi = max(a, bound)
+    t = lo / (hi if hi > 0.0 else 1.0)
+    t4 = t * t * t * t
+    root = 1.0 / np.sqrt(np.sqrt(1.0 + t4))
+    sign = -1.0 if left else 1.0
+    if not jac:
+        return sign * lo * root
+    below = a <= bound
+    t5 = t4 * t
+    return root / (1.0 + t4) * ((1.0 if below else t5) * gw +
+                                (t5 if below else 1.0) * sign * bw)
+
+
+@helper
+def _cross_run(lo, hi, p, w, l, r, lm, lp, rm, rp, dg, dgl, jac, out, o):
+    """out[o + j] −= (dg + dgl)·(2h_b ∂_b w) for the faces j in [lo, hi) between cells
+    l + j and r + j (their b-neighbours at lm + j, lp + j, rm + j, rp + j; flat offsets,
+    wrapping unsigned arithmetic): the negative of the cross-diffusive flux. dg = D_ab/(2h_b)
+    of the linear part, on the diagonal stencil matching its sign; dgl that of the
+    saturated part (:func:`_saturated`, flow out of a cell ≤ 4|dgl|·p = 2|D_ab|/h_b·p)."""
+    l, r, lm, lp = np.uint64(l), np.uint64(r), np.uint64(lm), np.uint64(lp)
+    rm, rp, o = np.uint64(rm), np.uint64(rp), np.uint64(o)
+    if dg != 0.0:
+        for j in range(np.uint64(lo), np.uint64(hi)):
+            out[o + j] -= dg * _diagonal_difference(w, l + j, r + j, lm + j, lp + j, rm + j,
+                                                    rp + j, dg > 0.0)
+    if dgl != 0.0:
+        cap = 4.0 * abs(dgl)
+        for j in range(np.uint64(lo), np.uint64(hi)):
+            g = dgl * _diagonal_difference(p, l + j, r + j, lm + j, lp + j, rm + j, rp + j,
+                                           dgl > 0.0)
+            gw = dgl * _diagonal_difference(w, l + j, r + j, lm + j, lp + j, rm + j, rp + j,
+                                            dgl > 0.0)
+            out[o + j] -= _saturated(g, gw, p[l + j], p[r + j], w[l + j], w[r + j], cap, jac)
+
+
+@helper
+def _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
+                   inv_h, out, o):
     """out[o:o + nl − 1] = fluxes through the interior faces along the last axis of the row
     starting at flat cell c."""
     nd = shape.size
@@ -150,18 +203,14 @@ def _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, in
     if last > 1:  # face j + 1 between cells c + j + 1 and c + j + 2
         _outer_run(0, last - 1, u0 + du, du, dk, w, p, c, c + 1, c + 2, c + 3, jac, out,
                    o + 1)
-    if nd >= 2 and cross[k, nd - 2] != 0.0:  # −D_kb ∂_b w, b the last outer axis
-        b = nd - 2
+    b = nd - 2
+    if nd >= 2 and (cross[k, b] != 0.0 or cross_lim[k, b] != 0.0):
+        # −D_kb ∂_b w, b the last outer axis
         dg = 0.5 * cross[k, b] * inv_h[b]
-        cp = np.uint64(c + strides[b] if idx[b] < shape[b] - 1 else c)
-        cm = np.uint64(c - strides[b] if idx[b] > 0 else c)
-        cu, one = np.uint64(c), np.uint64(1)
-        for j in range(np.uint64(nl - 1)):
-            if dg > 0.0:
-                g = w[cp + j + one] - w[cu + j + one] + w[cu + j] - w[cm + j]
-            else:
-                g = w[cu + j + one] - w[cm + j + one] + w[cp + j] - w[cu + j]
-            out[np.uint64(o) + j] -= dg * g
+        dgl = 0.5 * cross_lim[k, b] * inv_h[b]
+        cp = c + strides[b] if idx[b] < shape[b] - 1 else c
+        cm = c - strides[b] if idx[b] > 0 else c
+        _cross_run(0, nl - 1, p, w, c, c + 1, cm, cp, cm + 1, cp + 1, dg, dgl, jac, out, o)
 
 
 @helper
@@ -174,8 +223,8 @@ def _row_index(row, shape, idx):
 
 
 @helper
-def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, acc,
-              buf, ring, out):
+def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
+              inv_h, acc, buf, ring, out):
     """out[row] = −∇·F(w) on one row of a task that started at row r0. acc, buf: scratch
     of the row's length; ``ring`` holds, per outer axis k, the right-face fluxes of the last
     strides[k]/nl rows: the left faces of this row are the right faces of the row one step
@@ -193,16 +242,17 @@ def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, i
         if ik > 0:
             if row - step < r0:
                 _outer_row_flux(k, c - strides[k], ik - 1, idx, p, w, jac, shape, strides,
-                                vel0, velg, dif, cross, inv_h, ring, slot)
+                                vel0, velg, dif, cross, cross_lim, inv_h, ring, slot)
             for j in range(np.uint64(nl)):
                 acc[j] += ring[slot + j] * ih
         if ik < shape[k] - 1:
             _outer_row_flux(k, c, ik, idx, p, w, jac, shape, strides, vel0, velg, dif, cross,
-                            inv_h, ring, slot)
+                            cross_lim, inv_h, ring, slot)
             for j in range(np.uint64(nl)):
                 acc[j] -= ring[slot + j] * ih
         off += strides[k]
-    _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, buf, 0)
+    _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
+                   inv_h, buf, 0)
     ih = inv_h[nd - 1]
     out[c] = acc[0] - buf[0] * ih
     for j in range(1, nl - 1):
@@ -211,7 +261,7 @@ def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, i
 
 
 @kernel
-def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
+def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h, out):
     """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w.
     RATE_TASKS tasks take contiguous ranges of rows; each face flux is computed once,
     except the left faces of a task's first rows along each outer axis."""
@@ -232,14 +282,15 @@ def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
             _row_index(row, shape, idx)
             if jac:
                 _row_rate(row, r0, idx, p, w, True, shape, strides, vel0, velg, dif, cross,
-                          inv_h, acc, buf, ring, out)
+                          cross_lim, inv_h, acc, buf, ring, out)
             else:
                 _row_rate(row, r0, idx, w, w, False, shape, strides, vel0, velg, dif, cross,
-                          inv_h, acc, buf, ring, out)
+                          cross_lim, inv_h, acc, buf, ring, out)
 
 
 @kernel
-def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, out):
+def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h,
+                     out):
     """out[k, c] = flux of w through the right face of cell c along axis k (0 at walls)."""
     nd = shape.size
     nl = shape[nd - 1]
@@ -254,12 +305,12 @@ def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h, o
         for k in range(nd - 1):
             if idx[k] < shape[k] - 1:
                 _outer_row_flux(k, c, idx[k], idx, pp, w, jac, shape, strides, vel0, velg,
-                                dif, cross, inv_h, flat, k * size + c)
+                                dif, cross, cross_lim, inv_h, flat, k * size + c)
             else:
                 for j in range(nl):
                     flat[k * size + c + j] = 0.0
-        _last_row_flux(c, idx, pp, w, jac, shape, strides, vel0, velg, dif, cross, inv_h,
-                       flat, (nd - 1) * size + c)
+        _last_row_flux(c, idx, pp, w, jac, shape, strides, vel0, velg, dif, cross,
+                       cross_lim, inv_h, flat, (nd - 1) * size + c)
         flat[(nd - 1) * size + c + nl - 1] = 0.0
 
 

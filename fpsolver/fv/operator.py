@@ -8,12 +8,17 @@ Scheme (conservative, zero-flux walls, cell averages p on a uniform grid), for
   Second order where the density is smooth and monotone along the axis; face values stay
   between neighbouring cell averages (TVD), so it is positive.
 * diffusion D_kk ∂_k p on v axes: central, (D_kk/h)(p_L − p_R): second order, M-matrix.
-* off-diagonal D_vv (non-commuting noise, d = 2): −D_ab ∂_b p on the a faces, differenced
-  along the diagonal that matches the sign of D_ab (second order; the "positive" stencil).
-  Its axial couplings −|D_ab|/(h_a h_b) are negative and are not always dominated by the
-  central diffusion D_aa/h_a², so the scheme is then no longer positive: the density can
-  undershoot by a small amount relative to its maximum (4-D non-commuting case: −2.7e-7 at
-  24⁴, −1.6e-7 at 32⁴). Diagonal D keeps it positive (forward Euler below the rate bound).
+* off-diagonal D_vv (non-commuting noise, d = 2): −D_ab ∂_b p on the a faces, split in
+  two. The linear part, |D_ab| up to min(D_aa h_b/h_a, D_bb h_a/h_b), differences ∂_b p
+  along the diagonal that matches its sign (second order; its axial couplings
+  −|D_ab|/(h_a h_b) stay dominated by the central diffusion D_aa/h_a², so it is an
+  M-matrix; no linear 9-point stencil is for larger |D_ab|: the diagonal one undershot to
+  −7e-5·max in a 4-D run). The rest (``cross_lim``: strongly correlated noise on a grid
+  whose cells do not follow it) uses the same stencil with its flux clipped to at most
+  2|D_ab|/h_b times the density of the cell it leaves: unchanged unless p changes along b
+  by more than twice its value per cell (the far tails), positive under a time step
+  shortened by 8|D_ab|/(h_a h_b). On the THEORY.md §13 example with equal cells per axis
+  everything is linear.
 
 Why MUSCL also for the v drift: the alternatives with a linear (M-matrix) v flux,
 Scharfetter-Gummel and the hybrid central/upwind flux, turn into first-order upwind
@@ -69,6 +74,11 @@ class FPOperator:
         if np.any(np.delete(self.cross, [n - 2, n - 1], axis=0)) or \
                 np.any(self.cross[:, :n - 2]):
             raise SolverError("cross-diffusion is supported between the last two axes only")
+        # |D_ab| ≤ D_aa h_b/h_a and D_bb h_a/h_b: the diagonal stencil is an M-matrix
+        linear = np.outer(self.dif, h)
+        linear = np.minimum(linear, linear.T)
+        self.cross_lim = self.cross - np.clip(self.cross, -linear, linear)
+        self.cross -= self.cross_lim
         # b_k on the right face of cell i: vel0[k] + Σ_l velg[k, l] i_l (affine drift)
         first = np.array([c[0] for c in grid.centers]) - mean
         self.vel0 = -(drift @ first) - np.diag(drift) * h / 2
@@ -92,7 +102,7 @@ class FPOperator:
     def kernel_args(self):
         """The operator's arrays in kernel order (after p, w, jac; before out)."""
         return (self.shape_arr, self.strides, self.vel0, self.velg, self.dif, self.cross,
-                self.inv_h)
+                self.cross_lim, self.inv_h)
 
     def _flat(self, a):
         a = np.ascontiguousarray(a, dtype=float).reshape(-1)
@@ -211,9 +221,11 @@ class FPOperator:
 
     # ------------------------------------------------------------------ step limits
     def max_rate(self):
-        """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate
-        (diagonal D). Per axis 2|u|/h (MUSCL face values) + 2D_kk/h², plus 2|D_ab|/(h_a h_b)
-        per cross-diffused pair. Computed once per operator."""
+        """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate.
+        Per axis 2|u|/h (MUSCL face values) + 2D_kk/h², plus, per cross-diffused pair,
+        2|D_ab|/(h_a h_b) of the linear part and 8|D_ab|/(h_a h_b) of the clipped part (up to
+        2|D_ab|/(h_a h_b) out through each of the cell's four faces on the two axes).
+        Computed once per operator."""
         if self._max_rate is not None:
             return self._max_rate
         total = np.zeros(self.shape)
@@ -223,6 +235,7 @@ class FPOperator:
             np.moveaxis(left, k, 0)[1:] = np.moveaxis(vel, k, 0)[:-1]
             total += 2.0 * np.maximum(vel, left) * self.inv_h[k]
         total += 2.0 * np.sum(self.dif * self.inv_h)
-        total += np.sum(np.abs(self.cross) * np.outer(self.inv_h, self.inv_h))
+        total += np.sum((np.abs(self.cross) + 4.0 * np.abs(self.cross_lim))
+                        * np.outer(self.inv_h, self.inv_h))
         self._max_rate = float(total.max())
         return self._max_rate

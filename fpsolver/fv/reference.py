@@ -36,7 +36,36 @@ def _one_sided(w, axis):
     return fwd, bwd
 
 
-def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h):
+def _saturate(g, bound, gw, bw, jac):
+    """Twin of ``kernels._saturated`` (elementwise, no overflow guards needed for tests)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(g == 0, 0.0, (np.abs(g) / bound) ** 4)
+        value = np.where(g == 0, 0.0, g * (1.0 + q) ** -0.25)
+        c = (1.0 + q) ** -1.25
+        deriv = np.where(g == 0, gw, c * gw + c * q * g / bound * bw)
+    return deriv if jac else value
+
+
+def _cross_flux(p, w, jac, k, b, d, d_lim, inv_h):
+    """Right-face fluxes −D_kb ∂_b w along axis k on the diagonal stencil: the linear part d,
+    the saturated part d_lim, at p (twin of ``kernels._cross_run``)."""
+    def diagonal(x, sign):
+        fwd, bwd = (np.moveaxis(y, k, 0) for y in _one_sided(x, b))
+        return fwd[1:] + bwd[:-1] if sign > 0 else bwd[1:] + fwd[:-1]
+
+    pk, wk = (np.moveaxis(x, k, 0) for x in (p, w))
+    cap = 2.0 * abs(d_lim) * inv_h[b]  # 4|dgl|, dgl = d_lim/(2h_b)
+    g = 0.5 * d_lim * inv_h[b] * diagonal(p, d_lim)
+    gw = 0.5 * d_lim * inv_h[b] * diagonal(w, d_lim)
+    left = g < 0  # the flow goes from the left cell
+    src = np.where(left, pk[:-1], pk[1:])
+    sign = np.where(src >= 0, 1.0, -1.0)
+    bound = cap * sign * src
+    bw = cap * sign * np.where(left, wk[:-1], wk[1:])
+    return -(0.5 * d * inv_h[b] * diagonal(w, d) + _saturate(g, bound, gw, bw, jac))
+
+
+def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h):
     """Twin of ``face_flux_kernel``: array (ndim, N) of right-face fluxes (0 at walls)."""
     shape = tuple(int(n) for n in shape)
     p = np.asarray(p).reshape(shape)
@@ -52,19 +81,16 @@ def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h):
             f = np.where(u >= 0, u * (wk[:-1] + 0.5 * s[:-1]), u * (wk[1:] - 0.5 * s[1:]))
             f = f + dif[k] * (wk[:-1] - wk[1:])
             for b in range(len(shape)):
-                d = cross[k, b]
-                if d == 0.0:
-                    continue
-                fwd, bwd = (np.moveaxis(x, k, 0) for x in _one_sided(w, b))
-                g = fwd[1:] + bwd[:-1] if d > 0 else bwd[1:] + fwd[:-1]
-                f = f - d * 0.5 * g * inv_h[b]
+                if cross[k, b] != 0.0 or cross_lim[k, b] != 0.0:
+                    f = f + _cross_flux(p if jac else w, w, jac, k, b, cross[k, b],
+                                        cross_lim[k, b], inv_h)
             np.moveaxis(out[k], k, 0)[:-1] = f
     return out.reshape(len(shape), -1)
 
 
-def rate(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h):
+def rate(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h):
     """Twin of ``rate_kernel``: −∇·F(w), flat (N,)."""
-    flux = face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, inv_h)
+    flux = face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h)
     shape = tuple(int(n) for n in shape)
     out = np.zeros(shape)
     for k in range(len(shape)):
