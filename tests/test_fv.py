@@ -44,6 +44,16 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     np.testing.assert_allclose(flux, twin_f, rtol=0, atol=1e-13 * np.abs(twin_f).max())
 
 
+def test_stage_kernel_agrees_with_its_twin_also_in_place(rng):
+    x, y, k = (rng.random(5000) for _ in range(3))
+    twin = reference.stage(0.75, x, 0.25, y, 0.01, k)
+    out = np.empty_like(x)
+    kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, out)
+    np.testing.assert_allclose(out, twin, rtol=1e-15, atol=0)
+    kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, y)  # out = y, as SSP-RK3 calls it
+    np.testing.assert_array_equal(y, out)
+
+
 @pytest.mark.parametrize("jac", [False, True])
 def test_kernels_stay_finite_on_subnormal_tails(jac, rng):
     """Far tails hold subnormal densities (and zeros): the limiter's a/(a + b) must not

@@ -116,3 +116,8 @@ def line_solve(alpha, beta, tau, shape, strides, axis, rhs):
         ab[2, :-1] = -tau * a[idx][:-1]
         out[idx] = solve_banded((1, 1), ab, r[idx])
     return np.moveaxis(out, -1, axis).ravel()
+
+
+def stage(a, x, b, y, dt, k):
+    """Twin of ``stage_kernel``: a·x + b·(y + dt·k)."""
+    return a * x + b * (y + dt * k)
