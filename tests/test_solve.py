@@ -340,6 +340,7 @@ def test_4d_strongly_correlated_noise_stays_positive_at_little_cost_in_accuracy(
     for n in (12, 16):
         prob = _four_d_problem(n, 1.0, model=model, scale0=1.0)
         assert np.abs(prob.op.cross_lim).max() == pytest.approx(0.1259, abs=1e-4)
+        assert "0.1259 saturated" in prob.op.describe()
         res = evolve(prob.op, prob.p0, prob.t_final)
         assert res.history["min_density_rel"] >= -1e-12
         assert res.history["max_mass_error"] <= 1e-12

@@ -118,7 +118,7 @@ def run(args):
     exact = theory.gaussian_cell_averages(mean_ex, cov_ex, grid.edges)
     summary = {
         "case": case.name, "cells": list(grid.shape), "solver": solver,
-        "scheme": "MUSCL/van Leer advection, central v diffusion, conservative, zero-flux walls",
+        "scheme": op.describe(),
         "t_final": problem.t_final, "wall_time_s": None, **errors,
         "status": result.status, "message": result.message, "residual": result.residual,
         "residual_rel": result.residual_rel, "n_steps": result.n_steps,

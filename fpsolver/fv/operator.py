@@ -88,6 +88,16 @@ class FPOperator:
         self._max_rate = None
         self._ones = None
 
+    def describe(self):
+        """One line naming the scheme (``summary.json``'s "scheme")."""
+        text = "MUSCL/van Leer advection, central v diffusion"
+        if np.any(self.cross) or np.any(self.cross_lim):
+            text += ", cross-diffusion on the diagonal stencil"
+            if np.any(self.cross_lim):
+                lin, sat = np.abs(self.cross).max(), np.abs(self.cross_lim).max()
+                text += f" (|D12| {lin:.4g} linear, {sat:.4g} saturated)"
+        return text + ", conservative, zero-flux walls"
+
     def face_velocity(self, k):
         """Drift velocity b_k on the right face of every cell along axis k (shape); the
         wall faces (last cell) get 0."""
