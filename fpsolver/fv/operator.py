@@ -109,10 +109,12 @@ class FPOperator:
         return vel
 
     # ------------------------------------------------------------------ kernel calls
-    def kernel_args(self):
-        """The operator's arrays in kernel order (after p, w, jac; before out)."""
+    def kernel_args(self, first_order=False):
+        """The operator's arrays in kernel order (after p, w, jac; before out); for the
+        first-order W without the saturated cross-diffusion (W stays an M-matrix)."""
+        cross_lim = np.zeros_like(self.cross_lim) if first_order else self.cross_lim
         return (self.shape_arr, self.strides, self.vel0, self.velg, self.dif, self.cross,
-                self.cross_lim, self.inv_h)
+                cross_lim, self.inv_h)
 
     def _flat(self, a):
         a = np.ascontiguousarray(a, dtype=float).reshape(-1)
@@ -137,9 +139,14 @@ class FPOperator:
         return res.reshape(np.shape(w))
 
     def first_order_apply(self, w, out=None):
-        """W·w: the first-order operator (upwind advection, central diffusion), i.e. the
-        Jacobian of ``rate`` at a constant density (every limited slope is 0 there)."""
-        return self.jacobian_apply(self._constant(), w, out)
+        """W·w: the first-order operator (upwind advection, central diffusion, the linear
+        part of the cross-diffusion), an M-matrix: the Jacobian of ``rate`` at a constant
+        density (every limited slope is 0 there) less the saturated cross-diffusion."""
+        wf = self._flat(w)
+        res = np.empty(self.size) if out is None else out.reshape(-1)
+        with threads_for(self.size):
+            kernels.rate_kernel(self._constant(), wf, True, *self.kernel_args(True), res)
+        return res.reshape(np.shape(w))
 
     @np.errstate(under="ignore")  # far-tail fluxes ~1e-300 flush to zero
     def face_fluxes(self, w, out=None, first_order=False):
@@ -149,7 +156,7 @@ class FPOperator:
         res = np.empty((len(self.shape), self.size)) if out is None else out
         with threads_for(self.size):
             kernels.face_flux_kernel(self._constant() if first_order else wf, wf, first_order,
-                                     *self.kernel_args(), res)
+                                     *self.kernel_args(first_order), res)
         return res.reshape((len(self.shape),) + self.shape)
 
     def divergence(self, flux, out=None):
