@@ -50,7 +50,7 @@ def test_stage_kernel_agrees_with_its_twin_also_in_place(rng):
     out = np.empty_like(x)
     kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, out)
     np.testing.assert_allclose(out, twin, rtol=1e-15, atol=0)
-    kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, y)  # out = y, as SSP-RK3 calls it
+    kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, y)  # out = y, as SSP-RK(4,3) calls it
     np.testing.assert_array_equal(y, out)
 
 

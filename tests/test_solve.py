@@ -17,7 +17,8 @@ from fpsolver.fv import FPOperator
 from fpsolver.grid import sized_grid
 from fpsolver.sgd import PhaseSpaceModel
 from fpsolver.solve import (CheckpointTracker, ConservationTracker, Problem, SteadyStateTracker,
-                            StorageTracker, Tracker, choose_scheme, evolve, load_checkpoint,
+                            StorageTracker, Tracker, choose_scheme, evolve,
+                            explicit_step_bound, load_checkpoint,
                             setup_problem, step_size)
 from fpsolver.stationary import prolong, stationary
 
@@ -90,8 +91,8 @@ def test_transient_2d_matches_the_exact_gaussian(transient_runs):
 
 
 def test_implicit_is_second_order_in_time_and_conserves_mass(transient_runs):
-    """Limited ROS2 against the explicit SSP-RK3 run on the same 64² grid (whose time error
-    is negligible: third order at 1/8 of the step), so only the implicit time error remains:
+    """Limited ROS2 against the explicit SSP-RK(4,3) run on the same 64² grid (whose time
+    error is negligible: third order at 1/4 of the step), so only the implicit time error remains:
     it falls 4-fold per halved Δt (measured 4.60e-3, 1.15e-3, 2.70e-4: orders 2.00, 2.10;
     over 0.02 → 0.01, where the limiter acts on the ROS2 undershoot of −2.6e-2, 1.81).
     At the default (accuracy) step the L1 error against the exact Gaussian is the explicit
@@ -219,7 +220,8 @@ def test_storage_tracker_keeps_snapshots_on_its_schedule():
 
 def test_bad_input_is_refused():
     prob = setup_problem(default_case().replace(run=TRANSIENT), cells=16)
-    dt_max = 1 / prob.op.max_rate()
+    dt_max = 2 / prob.op.max_rate()  # SSP-RK(4,3): twice the forward-Euler bound
+    assert explicit_step_bound(prob.op) == dt_max
     with pytest.raises(UnstableError, match="run.dt"):
         step_size(prob.op, 1.0, dt=1.01 * dt_max)
     assert step_size(prob.op, 1.0, dt=dt_max)[0] <= dt_max
@@ -360,8 +362,8 @@ def test_4d_strongly_correlated_noise_stays_positive_at_little_cost_in_accuracy(
 
 
 def test_4d_implicit_is_second_order_in_time_and_conserves_mass():
-    """Limited ROS2 (GMRES solves) against the explicit SSP-RK3 run on 16⁴ (third order at
-    about the middle step): the difference falls 4-fold per halved Δt (measured 2.08e-3,
+    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(4,3) run on 16⁴ (third order,
+    at twice the middle step): the difference falls 4-fold per halved Δt (measured 2.08e-3,
     5.82e-4, 1.55e-4: orders 1.84, 1.91), far below the spatial error (0.24 on this coarse
     grid); GMRES inexactness touches neither the mass (flux form) nor the positivity
     (min/max ≥ −1.4e-14: the low-order solve runs to 1e-10)."""
@@ -413,10 +415,11 @@ def test_4d_implicit_run_resumes_to_the_same_answer(tmp_path):
 def test_auto_steps_4d_implicitly_only_when_far_stiffer_than_2d():
     """Plain SGD η = 0.01 on the §13 model: the stiffness gain (accuracy step × rate bound)
     grows with the v resolution: 21 on 16⁴ (implicit would be 3.5× slower), 434 on
-    (8, 8, 128, 128) cells, past KRYLOV_STIFF_RATIO = 300."""
+    (8, 8, 128, 128) cells and 678 on (8, 8, 160, 160), past KRYLOV_STIFF_RATIO = 450."""
     model = _non_commuting_model(0.01, 0.0)
     stat = (model.stationary_mean, theory.stationary_cov(model))
-    for cells, scheme in (((16,) * 4, "explicit"), ((8, 8, 128, 128), "implicit")):
+    for cells, scheme in (((16,) * 4, "explicit"), ((8, 8, 128, 128), "explicit"),
+                          ((8, 8, 160, 160), "implicit")):
         grid = sized_grid(cells, stat, 6.0)
         op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
         assert choose_scheme(op, "auto") == scheme
