@@ -44,14 +44,18 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     np.testing.assert_allclose(flux, twin_f, rtol=0, atol=1e-13 * np.abs(twin_f).max())
 
 
-def test_stage_kernel_agrees_with_its_twin_also_in_place(rng):
-    x, y, k = (rng.random(5000) for _ in range(3))
-    twin = reference.stage(0.75, x, 0.25, y, 0.01, k)
-    out = np.empty_like(x)
-    kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, out)
-    np.testing.assert_allclose(out, twin, rtol=1e-15, atol=0)
-    kernels.stage_kernel(0.75, x, 0.25, y, 0.01, k, y)  # out = y, as SSP-RK(4,3) calls it
-    np.testing.assert_array_equal(y, out)
+@pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
+def test_stage_kernel_agrees_with_its_twin(make, rng):
+    """out = a·x + b·(w + dt·rate(w)) in one pass, also with out = x (SSP-RK(4,3) stage 3)."""
+    op = make()
+    x, w = rng.random(op.size), rng.random(op.size)
+    dt = 0.3 / op.max_rate()
+    twin = reference.stage_rate(2 / 3, x, 1 / 3, dt, w, *op.kernel_args())
+    out = np.empty(op.size)
+    kernels.stage_rate_kernel(2 / 3, x, 1 / 3, dt, w, *op.kernel_args(), out)
+    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-14 * np.abs(twin).max())
+    op.stage(2 / 3, x, 1 / 3, dt, w, x)
+    np.testing.assert_array_equal(x, out)
 
 
 @pytest.mark.parametrize("jac", [False, True])

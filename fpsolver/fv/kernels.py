@@ -24,7 +24,7 @@ homogeneous of degree one, so Jacobian(p)·p equals the scheme applied to p.
 import numpy as np
 from numba import prange
 
-from .policy import helper, kernel
+from .policy import helper, kernel, subroutine
 
 RATE_TASKS = 16  # parallel tasks of the rate kernel (contiguous ranges of rows)
 LANES = 256  # lines eliminated together by the line solver ...
@@ -158,7 +158,7 @@ def _saturated(g, gw, pl, pr, wl, wr, cap, jac):
                                 (t5 if below else 1.0) * sign * bw)
 
 
-@helper
+@subroutine
 def _cross_run(lo, hi, p, w, l, r, lm, lp, rm, rp, dg, dgl, jac, out, o):
     """out[o + j] −= (dg + dgl)·(2h_b ∂_b w) for the faces j in [lo, hi) between cells
     l + j and r + j (their b-neighbours at lm + j, lp + j, rm + j, rp + j; flat offsets,
@@ -224,9 +224,9 @@ def _row_index(row, shape, idx):
 
 @helper
 def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
-              inv_h, acc, buf, ring, out):
-    """out[row] = −∇·F(w) on one row of a task that started at row r0. acc, buf: scratch
-    of the row's length; ``ring`` holds, per outer axis k, the right-face fluxes of the last
+              inv_h, acc, buf, ring):
+    """acc = −∇·F(w) on one row of a task that started at row r0. acc, buf: scratch of the
+    row's length; ``ring`` holds, per outer axis k, the right-face fluxes of the last
     strides[k]/nl rows: the left faces of this row are the right faces of the row one step
     down axis k, computed once (again only where that row precedes r0)."""
     nd = shape.size
@@ -254,10 +254,39 @@ def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, c
     _last_row_flux(c, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
                    inv_h, buf, 0)
     ih = inv_h[nd - 1]
-    out[c] = acc[0] - buf[0] * ih
+    acc[0] -= buf[0] * ih
     for j in range(1, nl - 1):
-        out[c + j] = acc[j] + (buf[j - 1] - buf[j]) * ih
-    out[c + nl - 1] = acc[nl - 1] + buf[nl - 2] * ih
+        acc[j] += (buf[j - 1] - buf[j]) * ih
+    acc[nl - 1] += buf[nl - 2] * ih
+
+
+@helper
+def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif, cross,
+               cross_lim, inv_h, out):
+    """Rows [task·per, task·per + per) of out = a·x + b·w + c·L(w) (L the scheme's rate,
+    or its Jacobian at p applied to w with ``jac``); per-task scratch and ring buffer."""
+    nd = shape.size
+    nl = shape[nd - 1]
+    n_rows = w.size // nl
+    ring_size = 0
+    for k in range(nd - 1):
+        ring_size += strides[k]
+    r0 = task * per
+    idx = np.zeros(nd, dtype=np.int64)
+    acc = np.empty(nl)
+    buf = np.empty(nl)
+    ring = np.empty(ring_size)
+    for row in range(r0, min(n_rows, r0 + per)):
+        _row_index(row, shape, idx)
+        if jac:
+            _row_rate(row, r0, idx, p, w, True, shape, strides, vel0, velg, dif, cross,
+                      cross_lim, inv_h, acc, buf, ring)
+        else:
+            _row_rate(row, r0, idx, w, w, False, shape, strides, vel0, velg, dif, cross,
+                      cross_lim, inv_h, acc, buf, ring)
+        o = np.uint64(row * nl)
+        for j in range(np.uint64(nl)):
+            out[o + j] = a * x[o + j] + b * w[o + j] + c * acc[j]
 
 
 @kernel
@@ -265,27 +294,25 @@ def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
     """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w.
     RATE_TASKS tasks take contiguous ranges of rows; each face flux is computed once,
     except the left faces of a task's first rows along each outer axis."""
-    nd = shape.size
-    nl = shape[nd - 1]
+    nl = shape[shape.size - 1]
     n_rows = w.size // nl
-    ring_size = 0
-    for k in range(nd - 1):
-        ring_size += strides[k]
     per = (n_rows + RATE_TASKS - 1) // RATE_TASKS
     for task in prange((n_rows + per - 1) // per):
-        r0 = task * per
-        idx = np.zeros(nd, dtype=np.int64)
-        acc = np.empty(nl)
-        buf = np.empty(nl)
-        ring = np.empty(ring_size)
-        for row in range(r0, min(n_rows, r0 + per)):
-            _row_index(row, shape, idx)
-            if jac:
-                _row_rate(row, r0, idx, p, w, True, shape, strides, vel0, velg, dif, cross,
-                          cross_lim, inv_h, acc, buf, ring, out)
-            else:
-                _row_rate(row, r0, idx, w, w, False, shape, strides, vel0, velg, dif, cross,
-                          cross_lim, inv_h, acc, buf, ring, out)
+        _task_rows(task, per, p, w, jac, 0.0, w, 0.0, 1.0, shape, strides, vel0, velg, dif,
+                   cross, cross_lim, inv_h, out)
+
+
+@kernel
+def stage_rate_kernel(a, x, b, dt, w, shape, strides, vel0, velg, dif, cross, cross_lim,
+                      inv_h, out):
+    """out = a·x + b·(w + dt·L(w)) (flat, N; out must not be w, x may be out): a Runge-Kutta
+    stage and the rate it needs in one pass (as :func:`rate_kernel`)."""
+    nl = shape[shape.size - 1]
+    n_rows = w.size // nl
+    per = (n_rows + RATE_TASKS - 1) // RATE_TASKS
+    for task in prange((n_rows + per - 1) // per):
+        _task_rows(task, per, w, w, False, a, x, b, b * dt, shape, strides, vel0, velg, dif,
+                   cross, cross_lim, inv_h, out)
 
 
 @kernel
@@ -312,14 +339,6 @@ def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_li
         _last_row_flux(c, idx, pp, w, jac, shape, strides, vel0, velg, dif, cross,
                        cross_lim, inv_h, flat, (nd - 1) * size + c)
         flat[(nd - 1) * size + c + nl - 1] = 0.0
-
-
-@kernel
-def stage_kernel(a, x, b, y, dt, k, out):
-    """out = a·x + b·(y + dt·k) elementwise (flat; out may be y): one pass for a
-    Runge-Kutta stage instead of four numpy operations."""
-    for i in prange(out.size):
-        out[i] = a * x[i] + b * (y[i] + dt * k[i])
 
 
 @helper

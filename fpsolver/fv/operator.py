@@ -130,6 +130,14 @@ class FPOperator:
             kernels.rate_kernel(pf, pf, False, *self.kernel_args(), res)
         return res.reshape(np.shape(p))
 
+    def stage(self, a, x, b, dt, w, out):
+        """out = a·x + b·(w + dt·rate(w)) (flat; ``out`` must not be w): one Runge-Kutta
+        stage in one kernel pass."""
+        with threads_for(self.size):
+            kernels.stage_rate_kernel(a, self._flat(x), b, dt, self._flat(w),
+                                      *self.kernel_args(), out)
+        return out
+
     def jacobian_apply(self, p, w, out=None):
         """Jacobian of ``rate`` at p applied to w (linear in w); Jac(p)·p = rate(p)."""
         pf, wf = self._flat(p), self._flat(w)

@@ -118,6 +118,6 @@ def line_solve(alpha, beta, tau, shape, strides, axis, rhs):
     return np.moveaxis(out, -1, axis).ravel()
 
 
-def stage(a, x, b, y, dt, k):
-    """Twin of ``stage_kernel``: a·x + b·(y + dt·k)."""
-    return a * x + b * (y + dt * k)
+def stage_rate(a, x, b, dt, w, *args):
+    """Twin of ``stage_rate_kernel``: a·x + b·(w + dt·rate(w)), ``args`` the operator's."""
+    return a * x + b * (w + dt * rate(w, w, False, *args))
