@@ -547,8 +547,9 @@ def main(argv=None):
         result[name] = fn()
         print(f"{name}: done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     result["load_average_end"] = os.getloadavg()
+    from fpsolver.io import atomic_write_json
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)  # an interrupted run leaves the last results
     print(json.dumps(result, indent=2))
     return 0
 
