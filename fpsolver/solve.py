@@ -6,10 +6,10 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   number of steps with dt ≤ safety·2/rate_max (1/rate_max: :meth:`FPOperator.max_rate`,
   the forward-Euler positivity bound; SSP-RK(4,3) is four forward-Euler stages of dt/2,
   so positive up to twice it: 2 rate evaluations per 1/rate_max of simulated time, where
-  SSP-RK3 took 3; default transient 96², 2575 → 1288 steps, 0.117 → 0.083 s, same L1
-  2.635e-3). A forced dt above the bound is refused (:class:`UnstableError`).
-  Multiples of "the explicit bound" below are of 1/rate_max (measured with SSP-RK3).
-  Trackers run on a step schedule; a checkpoint holds (p, step, dt) so a resumed run
+  SSP-RK3 took 3; default transient 96², 2575 → 1288 steps at the same L1 2.635e-3, and
+  with single-pass stages 0.117 → 0.068 s). A forced dt above the bound is refused
+  (:class:`UnstableError`). Multiples of "the explicit bound" below are of 1/rate_max
+  (measured with SSP-RK3). Trackers run on a step schedule; a checkpoint holds (p, step, dt) so a resumed run
   repeats the same steps and ends at the same answer.
   ``scheme="implicit"``: the linearly implicit two-stage Rosenbrock-W method ROS2
   (Verwer et al. 1999, γ = 1 + 1/√2), (I − γΔtW)k₁ = L(pₙ), (I − γΔtW)k₂ =
