@@ -97,6 +97,15 @@ def gaussian_mass_outside(mean, cov, bounds):
     return float(total)
 
 
+def cells_per_sigma(grid, cov):
+    """Resolution of N(·, cov) on ``grid``: its standard deviation along its thinnest
+    direction, in cells (√ of the smallest eigenvalue of cov measured in cell widths).
+    Below ~1 the cells cannot represent the density (strongly correlated or rotating
+    cases on coarse grids), and errors of order one follow."""
+    scale = 1.0 / np.asarray(grid.spacing)
+    return float(np.sqrt(max(np.linalg.eigvalsh(cov * np.outer(scale, scale)).min(), 0.0)))
+
+
 def sized_grid(cells, stationary, width=6.0, bounds=None, initial=None, force=False):
     """Grid for a run: explicit ``bounds`` or the stationary box widened to hold ``initial``.
 

@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import norm
 
 from fpsolver.errors import GridError
-from fpsolver.grid import gaussian_mass_outside, sized_grid, uniform_grid
+from fpsolver.grid import cells_per_sigma, gaussian_mass_outside, sized_grid, uniform_grid
 
 
 def test_uniform_grid_geometry():
@@ -24,6 +24,18 @@ def test_sized_grid_spans_width_standard_deviations_and_holds_the_initial_gaussi
     # initial N((2, 0), 0.25 cov): widened to 2 + 6·0.1 = 2.6 on the right only
     g2 = sized_grid((16, 16), (mean, cov), 6.0, initial=(np.array([2.0, 0.0]), 0.25 * cov))
     np.testing.assert_allclose(np.array(g2.bounds), [[-0.7, 2.6], [-6.0, 6.0]], rtol=1e-14)
+
+
+def test_cells_per_sigma_measures_the_thinnest_direction():
+    """±6σ on n cells: σ = n/12 cells per axis; correlation ρ between two axes of equal
+    σ (in cells) thins the ellipse to σ·√(1 − |ρ|) along the diagonal."""
+    cov = np.diag([0.04, 1.0])
+    g = sized_grid((24, 48), (np.zeros(2), cov), width=6.0)
+    assert cells_per_sigma(g, cov) == pytest.approx(2.0, rel=1e-12)
+    rho = 0.96
+    corr = np.sqrt(np.outer(np.diag(cov), np.diag(cov))) * np.array([[1, rho], [rho, 1]])
+    g = sized_grid((24, 24), (np.zeros(2), corr), width=6.0)
+    assert cells_per_sigma(g, corr) == pytest.approx(2.0 * np.sqrt(1 - rho), rel=1e-12)
 
 
 def test_mass_outside_is_the_sum_of_exact_marginal_tails():

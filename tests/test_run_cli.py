@@ -46,6 +46,7 @@ def test_stationary_run_writes_the_contract(tmp_path):
                 "version", "residual"):
         assert key in s
     assert s["case"] == "default" and s["cells"] == [64, 64] and s["t_final"] is None
+    assert s["cells_per_sigma"] == pytest.approx(64 / 12, rel=1e-12)  # θ, v uncorrelated
     assert s["version"] == __version__
     with np.load(out / "density.npz") as d:
         p, c0, c1, t = d["p"], d["centers_0"], d["centers_1"], float(d["t"])
@@ -74,6 +75,21 @@ def test_bad_input_one_line_and_no_outputs(tmp_path, capsys, kwargs, message):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fpsolver: error:") and message in err and "\n" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_unconverged_stationary_solve_says_how_well_the_grid_resolves_the_density(
+        tmp_path, capsys, monkeypatch):
+    """A Newton solve that runs out of steps (forced here: 1 step) is refused in one line
+    that gives the resolution (24 cells over ±6σ, θ and v uncorrelated: 2.0 cells per σ)."""
+    import fpsolver.stationary as st
+    full = st.stationary
+    monkeypatch.setattr(st, "stationary", lambda *a, **k: full(*a, **{**k, "max_iter": 1}))
+    out = tmp_path / "out"
+    assert main(["run", _case(tmp_path), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fpsolver: error: stationary solve did not converge") and "\n" not in err
+    assert "2 cells per standard deviation" in err
+    assert not (out / "summary.json").exists() and not (out / "density.npz").exists()
 
 
 class _Interrupt(Tracker):

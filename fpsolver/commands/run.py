@@ -66,6 +66,7 @@ def run(args):
     from .. import __version__, theory
     from ..analysis import compare, exact_moments, moments
     from ..errors import GridError, UserError
+    from ..grid import cells_per_sigma
     from ..io import atomic_savez, atomic_write_json
     from ..solve import (CheckpointTracker, ConservationTracker, ProgressTracker, evolve,
                          load_checkpoint, setup_problem)
@@ -84,6 +85,7 @@ def run(args):
         raise GridError(f"--cells must be >= 8, got {args.cells}")
     problem = setup_problem(case, cells=args.cells)
     op, grid = problem.op, problem.grid
+    resolution = cells_per_sigma(grid, problem.stationary[1])
     key = _fingerprint(case, grid)
     ckpt = out / "checkpoint.npz"
     had_ckpt = ckpt.exists()
@@ -96,7 +98,10 @@ def run(args):
                                 resume=resume)
             solver = "newton-lu" if use_direct(op) else "newton-gmres-af"
             if not result.success:
-                raise UserError(f"stationary solve did not converge: {result.message}")
+                raise UserError(f"stationary solve did not converge: {result.message}; the "
+                                f"stationary density has {resolution:.2g} cells per standard "
+                                "deviation along its thinnest direction: if that is below "
+                                "~2, use more cells")
         else:
             resume = load_checkpoint(ckpt, key) if (args.resume and had_ckpt) else None
             tracker = CheckpointTracker(ckpt, key, every_s=args.checkpoint_every)
@@ -124,6 +129,7 @@ def run(args):
         "residual_rel": result.residual_rel, "n_steps": result.n_steps,
         "n_iter": result.n_iter, "n_rhs": result.n_rhs, "dt": result.dt,
         "bounds": [list(b) for b in grid.bounds], "mass_outside": grid.mass_outside,
+        "cells_per_sigma": resolution,
         "mean": mean, "mean_exact": mean_ex, "cov": cov, "cov_exact": cov_ex,
         "version": __version__,
     }
