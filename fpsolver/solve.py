@@ -9,8 +9,8 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   SSP-RK3 took 3; default transient 96², 2575 → 1288 steps at the same L1 2.635e-3, and
   with single-pass stages 0.117 → 0.068 s). A forced dt above the bound is refused
   (:class:`UnstableError`). Multiples of "the explicit bound" below are of 1/rate_max
-  (measured with SSP-RK3). Trackers run on a step schedule; a checkpoint holds (p, step, dt) so a resumed run
-  repeats the same steps and ends at the same answer.
+  (measured with SSP-RK3). Trackers run on a step schedule; a checkpoint holds
+  (p, step, dt) so a resumed run repeats the same steps and ends at the same answer.
   ``scheme="implicit"``: the linearly implicit two-stage Rosenbrock-W method ROS2
   (Verwer et al. 1999, γ = 1 + 1/√2), (I − γΔtW)k₁ = L(pₙ), (I − γΔtW)k₂ =
   L(pₙ + Δt k₁) − 2k₁, p_H = pₙ + Δt(3k₁ + k₂)/2, with L the limited scheme, made positive
@@ -250,9 +250,10 @@ def step_size(op, t_final, dt=None, safety=0.8):
 ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 ACCURACY = 0.02  # implicit default step: radians of the fastest rotation per step ...
 RELAXATION = 0.5  # ... and e-folds of the fastest relaxation per step
-# "auto" steps implicitly when the accuracy step is this many times 1/rate_max: 2-D LU
-# steps break even at ~17 (11 against SSP-RK3; 128², module docstring), so 50 leaves a
-# margin; 4-D GMRES steps at ~310 (210 against SSP-RK3: 32⁴ stiff, 42× and 4.9× slower)
+# "auto" steps implicitly when the accuracy step is this many times 1/rate_max. Break-even
+# estimated from the SSP-RK3 timings in the module docstring, scaled by the 1.5× cheaper
+# SSP-RK(4,3): 2-D LU ~17 (11 before; 128²), so 50 leaves a margin; 4-D GMRES ~310 (210
+# before: 32⁴ stiff, 42× and 4.9× slower)
 STIFF_RATIO = 50.0
 KRYLOV_STIFF_RATIO = 450.0
 
@@ -435,7 +436,8 @@ def _ssp_rk43(op, p, dt, s1, s2, out):
     (SSP_COEFFICIENT), i.e. 2 rate evaluations per 1/rate_max of time against SSP-RK3's 3.
     Flat arrays; ``s1`` and ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷
     cells). Each stage is one kernel pass that also evaluates its rate
-    (:meth:`FPOperator.stage`; 96²: 44 µs per step instead of 61 µs with separate passes).
+    (:meth:`FPOperator.stage`; 96²: 47-50 µs per step instead of 61 µs in separate
+    passes).
     """
     h = 0.5 * dt
     op.stage(0.0, p, 1.0, h, p, s1)                # p1 = p + ½Δt L(p)

@@ -14,10 +14,10 @@ Scheme (conservative, zero-flux walls, cell averages p on a uniform grid), for
   −|D_ab|/(h_a h_b) stay dominated by the central diffusion D_aa/h_a², so it is an
   M-matrix; no linear 9-point stencil is for larger |D_ab|: the diagonal one undershot to
   −7e-5·max in a 4-D run). The rest (``cross_lim``: strongly correlated noise on a grid
-  whose cells do not follow it) uses the same stencil with its flux clipped to at most
-  2|D_ab|/h_b times the density of the cell it leaves: unchanged unless p changes along b
-  by more than twice its value per cell (the far tails), positive under a time step
-  shortened by 8|D_ab|/(h_a h_b). On the THEORY.md §13 example with equal cells per axis
+  whose cells do not follow it) uses the same stencil with its flux saturated smoothly
+  below 2|D_ab|/h_b times the density of the cell it leaves (kernels._saturated):
+  unchanged unless p changes along b by more than twice its value per cell (the far
+  tails), positive under a time step shortened by 8|D_ab|/(h_a h_b). On the THEORY.md §13 example with equal cells per axis
   everything is linear.
 
 Why MUSCL also for the v drift: the alternatives with a linear (M-matrix) v flux,
@@ -79,6 +79,7 @@ class FPOperator:
         linear = np.minimum(linear, linear.T)
         self.cross_lim = self.cross - np.clip(self.cross, -linear, linear)
         self.cross -= self.cross_lim
+        self._no_cross_lim = np.zeros_like(self.cross_lim)  # W's (first-order) arguments
         # b_k on the right face of cell i: vel0[k] + Σ_l velg[k, l] i_l (affine drift)
         first = np.array([c[0] for c in grid.centers]) - mean
         self.vel0 = -(drift @ first) - np.diag(drift) * h / 2
@@ -112,9 +113,8 @@ class FPOperator:
     def kernel_args(self, first_order=False):
         """The operator's arrays in kernel order (after p, w, jac; before out); for the
         first-order W without the saturated cross-diffusion (W stays an M-matrix)."""
-        cross_lim = np.zeros_like(self.cross_lim) if first_order else self.cross_lim
         return (self.shape_arr, self.strides, self.vel0, self.velg, self.dif, self.cross,
-                cross_lim, self.inv_h)
+                self._no_cross_lim if first_order else self.cross_lim, self.inv_h)
 
     def _flat(self, a):
         a = np.ascontiguousarray(a, dtype=float).reshape(-1)
@@ -122,13 +122,17 @@ class FPOperator:
             raise SolverError(f"density has {a.size} cells, the grid {self.size}")
         return a
 
-    def rate(self, p, out=None):
-        """dp/dt = −∇·F(p) of the (nonlinear, limited) scheme; same shape as p."""
-        pf = self._flat(p)
+    def _rate_kernel(self, p, w, jac, out, first_order=False):
+        """rate_kernel(p, w, jac) into ``out`` (or a new array), shaped like w."""
+        wf = self._flat(w)
         res = np.empty(self.size) if out is None else out.reshape(-1)
         with threads_for(self.size):
-            kernels.rate_kernel(pf, pf, False, *self.kernel_args(), res)
-        return res.reshape(np.shape(p))
+            kernels.rate_kernel(self._flat(p), wf, jac, *self.kernel_args(first_order), res)
+        return res.reshape(np.shape(w))
+
+    def rate(self, p, out=None):
+        """dp/dt = −∇·F(p) of the (nonlinear, limited) scheme; same shape as p."""
+        return self._rate_kernel(p, p, False, out)
 
     def stage(self, a, x, b, dt, w, out):
         """out = a·x + b·(w + dt·rate(w)) (flat; ``out`` must not be w): one Runge-Kutta
@@ -140,21 +144,13 @@ class FPOperator:
 
     def jacobian_apply(self, p, w, out=None):
         """Jacobian of ``rate`` at p applied to w (linear in w); Jac(p)·p = rate(p)."""
-        pf, wf = self._flat(p), self._flat(w)
-        res = np.empty(self.size) if out is None else out.reshape(-1)
-        with threads_for(self.size):
-            kernels.rate_kernel(pf, wf, True, *self.kernel_args(), res)
-        return res.reshape(np.shape(w))
+        return self._rate_kernel(p, w, True, out)
 
     def first_order_apply(self, w, out=None):
         """W·w: the first-order operator (upwind advection, central diffusion, the linear
         part of the cross-diffusion), an M-matrix: the Jacobian of ``rate`` at a constant
         density (every limited slope is 0 there) less the saturated cross-diffusion."""
-        wf = self._flat(w)
-        res = np.empty(self.size) if out is None else out.reshape(-1)
-        with threads_for(self.size):
-            kernels.rate_kernel(self._constant(), wf, True, *self.kernel_args(True), res)
-        return res.reshape(np.shape(w))
+        return self._rate_kernel(self._constant(), w, True, out, first_order=True)
 
     @np.errstate(under="ignore")  # far-tail fluxes ~1e-300 flush to zero
     def face_fluxes(self, w, out=None, first_order=False):
@@ -248,7 +244,7 @@ class FPOperator:
     def max_rate(self):
         """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate.
         Per axis 2|u|/h (MUSCL face values) + 2D_kk/h², plus, per cross-diffused pair,
-        2|D_ab|/(h_a h_b) of the linear part and 8|D_ab|/(h_a h_b) of the clipped part (up to
+        2|D_ab|/(h_a h_b) of the linear part and 8|D_ab|/(h_a h_b) of the saturated part (up to
         2|D_ab|/(h_a h_b) out through each of the cell's four faces on the two axes).
         Computed once per operator."""
         if self._max_rate is not None:

@@ -36,7 +36,7 @@ def _one_sided(w, axis):
     return fwd, bwd
 
 
-def _saturate(g, bound, gw, bw, jac):
+def _saturated(g, bound, gw, bw, jac):
     """Twin of ``kernels._saturated`` (elementwise, no overflow guards needed for tests)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(g == 0, 0.0, (np.abs(g) / bound) ** 4)
@@ -62,7 +62,7 @@ def _cross_flux(p, w, jac, k, b, d, d_lim, inv_h):
     sign = np.where(src >= 0, 1.0, -1.0)
     bound = cap * sign * src
     bw = cap * sign * np.where(left, wk[:-1], wk[1:])
-    return -(0.5 * d * inv_h[b] * diagonal(w, d) + _saturate(g, bound, gw, bw, jac))
+    return -(0.5 * d * inv_h[b] * diagonal(w, d) + _saturated(g, bound, gw, bw, jac))
 
 
 def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h):
