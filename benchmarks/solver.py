@@ -39,7 +39,10 @@ Sections (one JSON object, same machine and run):
   face velocities from affine coefficients and reads no velocity array). Grids in cache
   (2-D 256², 4-D 32⁴) and beyond the last-level cache (2-D 2048², 4-D 64⁴: 34 and
   134 MB per array), where memory actually bounds the kernel; each records its array size
-  and whether p and the result fit in the last-level cache. On a shared machine the
+  and whether p and the result fit in the last-level cache. Beyond the cache the
+  operator writes with non-temporal stores (``streaming_stores``; plain stores read each
+  output line first: 24 B per cell); those grids also report the plain-store rate. Note
+  numpy's copy runs on one thread. On a shared machine the
   second thread can be slower than one (it waits for a busy core).
 * ``stationary_4d``: THEORY.md §13 non-commuting case at ``--four-d`` cells per axis
   (Newton-GMRES); the 64⁴ target (≤ 5 min on 2 cores) needs ``--four-d 64``.
@@ -409,19 +412,6 @@ def _operator_4d(n):
     return m, g, FPOperator(g, m.drift, m.diffusion, m.stationary_mean)
 
 
-def _last_level_cache_bytes():
-    """Size of the CPU's largest cache level (Linux sysfs), None if unknown."""
-    best = (0, None)
-    for d in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            level, size = int((d / "level").read_text()), (d / "size").read_text().strip()
-        except (OSError, ValueError):
-            continue
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
-        best = max(best, (level, int(size.rstrip("KMG")) * mult))
-    return best[1]
-
-
 BYTES_PER_CELL = 16  # p read + result written, float64; face velocities are computed
 
 
@@ -432,29 +422,36 @@ def _copy_bandwidth():
     return 2 * src.nbytes / t, src.nbytes
 
 
-def _rate_repeated(reps, op, p, res):
-    """``reps`` explicit rate evaluations at p into res."""
+def _rate_repeated(reps, op, p, res, stream):
+    """``reps`` explicit rate evaluations at p into res (``stream``: non-temporal stores)."""
     from fpsolver.fv import kernels
     for _ in range(reps):
-        kernels.rate_kernel(p, p, False, *op.kernel_args(), res)
+        kernels.rate_kernel(p, p, False, *op.kernel_args(), stream, res)
 
 
 def _kernel_rates(op, threads, repeats, bound, llc):
-    """Cell updates/s of the explicit rate kernel on ``op`` for each thread count."""
+    """Cell updates/s of the explicit rate kernel on ``op`` for each thread count, with the
+    stores the operator uses (non-temporal beyond the cache) and, where those stream, also
+    with plain stores."""
     import numba
     p = np.random.default_rng(1).random(op.size)
     res = np.empty_like(p)
     entry = {"cells": list(op.shape), "array_MB": p.nbytes / 1e6,
              "fits_in_cache": None if llc is None else 2 * p.nbytes <= llc,
-             "bandwidth_bound_per_s": bound, "threads": {}}
+             "streaming_stores": op.stream, "bandwidth_bound_per_s": bound, "threads": {}}
     reps = max(3, int(2e7 // op.size))
     for th in threads:  # the kernel directly: threads_for would override the count
         numba.set_num_threads(th)
-        _rate_repeated(1, op, p, res)
-        t, _ = _best(repeats, _rate_repeated, reps, op, p, res)
-        rate = reps * op.size / t
+        rates = {}
+        for stream in sorted({op.stream, False}, reverse=True):
+            _rate_repeated(1, op, p, res, stream)
+            t, _ = _best(repeats, _rate_repeated, reps, op, p, res, stream)
+            rates[stream] = reps * op.size / t
+        rate = rates[op.stream]
         entry["threads"][str(th)] = {"cell_updates_per_s": rate,
                                      "fraction_of_bound": rate / bound}
+        if op.stream:
+            entry["threads"][str(th)]["plain_stores_cell_updates_per_s"] = rates[False]
     numba.set_num_threads(threads[-1])
     return entry
 
@@ -463,9 +460,10 @@ def throughput(repeats):
     import numba
 
     from fpsolver.case import default_case
+    from fpsolver.fv.policy import last_level_cache_bytes
     from fpsolver.solve import setup_problem
     bandwidth, copy_bytes = _copy_bandwidth()
-    llc = _last_level_cache_bytes()
+    llc = last_level_cache_bytes()
     bound = bandwidth / BYTES_PER_CELL
     threads = sorted({1, numba.get_num_threads()})
     grids = [_kernel_rates(make(), threads, repeats, bound, llc)  # one operator alive at a time

@@ -34,10 +34,13 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     op = make()
     p, w = rng.random(op.size), rng.random(op.size) - 0.3
     out = np.empty(op.size)
-    kernels.rate_kernel(p, w, jac, *op.kernel_args(), out)
+    kernels.rate_kernel(p, w, jac, *op.kernel_args(), False, out)
     twin = reference.rate(p, w, jac, *op.kernel_args())
     scale = np.abs(twin).max()
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * scale)
+    streamed = np.empty(op.size)  # non-temporal stores: the same numbers
+    kernels.rate_kernel(p, w, jac, *op.kernel_args(), True, streamed)
+    np.testing.assert_array_equal(streamed, out)
     flux = np.empty((len(op.shape), op.size))
     kernels.face_flux_kernel(p, w, jac, *op.kernel_args(), flux)
     twin_f = reference.face_fluxes(p, w, jac, *op.kernel_args())
@@ -52,8 +55,12 @@ def test_stage_kernel_agrees_with_its_twin(make, rng):
     dt = 0.3 / op.max_rate()
     twin = reference.stage_rate(2 / 3, x, 1 / 3, dt, w, *op.kernel_args())
     out = np.empty(op.size)
-    kernels.stage_rate_kernel(2 / 3, x, 1 / 3, dt, w, *op.kernel_args(), out)
+    kernels.stage_rate_kernel(2 / 3, x, 1 / 3, dt, w, *op.kernel_args(), False, out)
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-14 * np.abs(twin).max())
+    streamed = x.copy()  # non-temporal stores, out = x: the same numbers
+    kernels.stage_rate_kernel(2 / 3, streamed, 1 / 3, dt, w, *op.kernel_args(), True,
+                              streamed)
+    np.testing.assert_array_equal(streamed, out)
     op.stage(2 / 3, x, 1 / 3, dt, w, x)
     np.testing.assert_array_equal(x, out)
 
@@ -68,7 +75,7 @@ def test_kernels_stay_finite_on_subnormal_tails(jac, rng):
     with np.errstate(under="ignore"):
         p = rng.random(op.size) * 1e-310
         p[rng.random(op.size) < 0.3] = 0.0
-        kernels.rate_kernel(p, p if not jac else w, jac, *op.kernel_args(), out)
+        kernels.rate_kernel(p, p if not jac else w, jac, *op.kernel_args(), False, out)
         twin = reference.rate(p, p if not jac else w, jac, *op.kernel_args())
         assert np.all(np.isfinite(out))
         # subnormals keep only a few significant bits: agreement to 1e-3 of the scale

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import SolverError
 from . import kernels
-from .policy import threads_for
+from .policy import streams_output, threads_for
 
 
 class FPOperator:
@@ -85,6 +85,7 @@ class FPOperator:
         self.vel0 = -(drift @ first) - np.diag(drift) * h / 2
         self.velg = -drift * h[None, :]
         self.shape_arr = np.array(self.shape, dtype=np.int64)
+        self.stream = streams_output(self.size)  # non-temporal stores of rates and stages
         self._lines = {}
         self._max_rate = None
         self._ones = None
@@ -127,7 +128,8 @@ class FPOperator:
         wf = self._flat(w)
         res = np.empty(self.size) if out is None else out.reshape(-1)
         with threads_for(self.size):
-            kernels.rate_kernel(self._flat(p), wf, jac, *self.kernel_args(first_order), res)
+            kernels.rate_kernel(self._flat(p), wf, jac, *self.kernel_args(first_order),
+                                self.stream, res)
         return res.reshape(np.shape(w))
 
     def rate(self, p, out=None):
@@ -139,7 +141,7 @@ class FPOperator:
         stage in one kernel pass."""
         with threads_for(self.size):
             kernels.stage_rate_kernel(a, self._flat(x), b, dt, self._flat(w),
-                                      *self.kernel_args(), out)
+                                      *self.kernel_args(), self.stream, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):
