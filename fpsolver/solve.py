@@ -33,8 +33,12 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   ROS2) wherever that already holds. Everything is in flux form, so the mass is kept to
   round-off whatever the linear solvers' residuals.
   Its default step comes from accuracy, not the CFL bound: Δt ≤ safety·min(ACCURACY/
-  max|Im λ|, RELAXATION/max|λ|), λ the eigenvalues of A; "auto" takes it when that is
-  STIFF_RATIO (2-D) or KRYLOV_STIFF_RATIO (4-D) times the explicit step.
+  max|Im λ|, RELAXATION/max|λ|), λ the eigenvalues of A, halved until ROS2's error on the
+  exact moment dynamics from p0 to t_final is ≤ TIME_TOL (:mod:`fpsolver.time_error`; a
+  narrow Gaussian 9 standard deviations from equilibrium, stopped within its fast
+  relaxation, needed 1/8 of the eigenvalue step: difference to the explicit run 5.5e-2 →
+  2.1e-3); "auto" takes it when that is STIFF_RATIO (2-D) or KRYLOV_STIFF_RATIO (4-D)
+  times the explicit step.
   Measured (default case, displaced narrow Gaussian N((0.25, 0), P/4), 64², t = 3):
   min/max of unlimited ROS2 −3.7e-3 at the default step (3× the explicit bound), −2.1e-2
   at 10×; limited ≥ −3e-39 (never below −1e-12) at both, mass 4e-16; L1 vs the exact
@@ -67,11 +71,13 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from .analysis import moments
 from .errors import SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
 from .fv.policy import single_threaded_blas
 from .grid import sized_grid
 from .io import atomic_savez, read_checkpoint
+from .time_error import moment_error, moment_generator, ros2_step_matrix
 
 
 @dataclass
@@ -256,37 +262,59 @@ RELAXATION = 0.5  # ... and e-folds of the fastest relaxation per step
 # before: 32⁴ stiff, 42× and 4.9× slower)
 STIFF_RATIO = 50.0
 KRYLOV_STIFF_RATIO = 450.0
+# ROS2's moment error at t_final (standard deviations, time_error.moment_error): ≈ 8e-4 of
+# L1 from the time error, below the 2-D spatial error at 128² (1.3e-3 on the default case)
+TIME_TOL = 1e-3
+MAX_HALVINGS = 30
 
 
-def implicit_step_size(op, t_final, dt=None, safety=0.8):
-    """(dt, n_steps) of the implicit scheme: forced ``dt`` or safety·:func:`_accuracy_step`."""
+def implicit_step_size(op, t_final, dt=None, safety=0.8, p0=None):
+    """(dt, n_steps) of the implicit scheme: forced ``dt`` or safety·:func:`_accuracy_step`
+    (for the run from p0 to t_final)."""
     if not t_final > 0:
         raise UserError(f"run.t_final must be > 0, got {t_final}")
     if dt is None:
-        dt = safety * _accuracy_step(op)
+        dt = safety * _accuracy_step(op, p0, t_final, safety)
     elif not dt > 0:
         raise UserError(f"run.dt must be > 0, got {dt}")
     n_steps = max(1, math.ceil(t_final / dt - 1e-9))
     return t_final / n_steps, n_steps
 
 
-def _accuracy_step(op):
+def _accuracy_step(op, p0=None, t_final=None, safety=0.8):
     """Longest implicit step that accuracy allows (time): ACCURACY radians of the fastest
     rotation max|Im λ| and RELAXATION e-folds of the fastest mode max|λ| per step (λ the
-    eigenvalues of A; strong friction makes max|λ| ≈ (1−β)/m large, rotation-free)."""
+    eigenvalues of A; strong friction makes max|λ| ≈ (1−β)/m large, rotation-free); with
+    the initial density p0, halved until ROS2's error on the moments at t_final, stepping
+    ``safety`` times it, is at most TIME_TOL (:mod:`fpsolver.time_error`: a Gaussian
+    started far from equilibrium, or stopped within its fastest relaxation, needs shorter
+    steps than the eigenvalues say)."""
     lam = np.linalg.eigvals(op.drift)
     rot = float(np.max(np.abs(lam.imag)))
-    return min(ACCURACY / rot if rot > 0 else math.inf,
+    step = min(ACCURACY / rot if rot > 0 else math.inf,
                RELAXATION / float(np.max(np.abs(lam))))
+    if p0 is None:
+        return step
+    mean0, cov0 = moments(np.reshape(p0, op.shape), op.grid)
+    g = moment_generator(op.drift, op.diffusion)
+    for _ in range(MAX_HALVINGS):
+        n_steps = max(1, math.ceil(t_final / (safety * step) - 1e-9))
+        dt = t_final / n_steps
+        if moment_error(ros2_step_matrix(g, dt, ROS2_GAMMA), g, dt, n_steps, mean0, cov0,
+                        op.mean) <= TIME_TOL:
+            break
+        step /= 2
+    return step
 
 
-def choose_scheme(op, scheme):
-    """Resolve run.scheme: "auto" → "implicit" where the implicit accuracy step is at least
-    STIFF_RATIO (2-D, LU solves) or KRYLOV_STIFF_RATIO (4-D, GMRES solves) times the
-    forward-Euler bound 1/rate_max, else "explicit"."""
+def choose_scheme(op, scheme, p0=None, t_final=None, safety=0.8):
+    """Resolve run.scheme: "auto" → "implicit" where the implicit accuracy step (for the
+    run from p0 to t_final when given) is at least STIFF_RATIO (2-D, LU solves) or
+    KRYLOV_STIFF_RATIO (4-D, GMRES solves) times the forward-Euler bound 1/rate_max, else
+    "explicit"."""
     if scheme != "auto":
         return scheme
-    gain = _accuracy_step(op) * op.max_rate()
+    gain = _accuracy_step(op, p0, t_final, safety) * op.max_rate()
     ratio = STIFF_RATIO if op.grid.ndim == 2 else KRYLOV_STIFF_RATIO
     return "implicit" if gain >= ratio else "explicit"
 
@@ -455,16 +483,16 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
 
     ``checkpoint``: a CheckpointTracker (written on schedule and on Ctrl-C, which then
     re-raises KeyboardInterrupt); ``resume``: (p, step, n_steps, dt) from
-    :func:`load_checkpoint`. Returns a SolveResult (``history["scheme"]``: the scheme
+    :func:`load_checkpoint` (pass the first run's p0 with it: "auto" decides on it). Returns a SolveResult (``history["scheme"]``: the scheme
     used; implicit runs add "linear_solves", "krylov_products" and "limiter_l1").
     """
     start = time.perf_counter()
     if scheme not in ("auto", "explicit", "implicit"):
         raise UserError(f'run.scheme must be "auto", "explicit" or "implicit", got {scheme!r}')
-    scheme = choose_scheme(op, scheme)
-    sizer = implicit_step_size if scheme == "implicit" else step_size
+    scheme = choose_scheme(op, scheme, p0, t_final, safety)
     if resume is None:
-        dt, n_steps = sizer(op, t_final, dt, safety)
+        dt, n_steps = (implicit_step_size(op, t_final, dt, safety, p0) if scheme == "implicit"
+                       else step_size(op, t_final, dt, safety))
         p, step = np.array(p0, dtype=float).ravel(), 0
     else:
         p, step, n_steps, dt = resume

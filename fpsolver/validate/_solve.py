@@ -79,9 +79,11 @@ def transient_history(case, cells, n_times):
     about ``n_times`` times evenly spaced in (0, t_final]."""
     _warm_up(case)
     problem = setup_problem(case, cells=cells)
-    scheme = choose_scheme(problem.op, case.run.scheme)
-    sizer = implicit_step_size if scheme == "implicit" else step_size
-    _, steps = sizer(problem.op, problem.t_final, case.run.dt, case.run.safety)
+    scheme = choose_scheme(problem.op, case.run.scheme, problem.p0, problem.t_final,
+                           case.run.safety)
+    _, steps = (implicit_step_size(problem.op, problem.t_final, case.run.dt, case.run.safety,
+                                   problem.p0) if scheme == "implicit" else
+                step_size(problem.op, problem.t_final, case.run.dt, case.run.safety))
     store = StorageTracker(interval=max(1, steps // n_times))
     _run(problem, case, trackers=[store])
     times = np.array(store.times[1:])
