@@ -9,6 +9,7 @@ from fpsolver import __version__, theory
 from fpsolver.case import load_case
 from fpsolver.cli import main
 from fpsolver.commands.run import _fingerprint
+from fpsolver.sgd import build_model
 from fpsolver.solve import CheckpointTracker, Tracker, evolve, setup_problem
 
 CASE = """name = "small"
@@ -90,6 +91,23 @@ def test_unconverged_stationary_solve_says_how_well_the_grid_resolves_the_densit
     assert err.startswith("fpsolver: error: stationary solve did not converge") and "\n" not in err
     assert "2 cells per standard deviation" in err
     assert not (out / "summary.json").exists() and not (out / "density.npz").exists()
+
+
+def test_transient_reports_and_warns_about_the_initial_density_resolution(tmp_path, capsys):
+    """A transient's resolution is that of its thinnest density: here the initial
+    N(m0, P/4), half as wide as the stationary one (θ, v uncorrelated). On 16 cells it
+    spans < 2 cells per σ: the run goes on, and warns on stderr with the cells it needs."""
+    out, path = tmp_path / "out", _case(tmp_path, cells=16, run=TRANSIENT)
+    assert main(["run", path, "--out", str(out), "--no-progress", "--no-figure"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    h = np.diff(np.array(s["bounds"]), axis=1).ravel() / 16
+    cov = theory.stationary_cov(build_model(load_case(path)))
+    sd_initial = 0.5 * np.sqrt(np.diag(cov))
+    expected = float(np.min(sd_initial / h))
+    assert s["cells_per_sigma"] == pytest.approx(expected, rel=1e-9)
+    err = capsys.readouterr().err
+    assert expected < 2 and "warning: the initial density" in err
+    assert f"--cells {int(np.ceil(16 * 2 / expected))} " in err
 
 
 class _Interrupt(Tracker):
