@@ -269,8 +269,9 @@ def test_4d_non_commuting_noise_gives_the_antisymmetric_theta_v_covariance(four_
     assert res.success and res.residual_rel < 1e-6
     assert abs(res.p.sum() * op.grid.cell_volume - 1) <= 1e-12
     # the scheme is positive here (the diagonal cross stencil is an M-matrix on this grid),
-    # the Newton-GMRES iterate only to its tolerance 1e-6
-    assert res.p.min() >= -1e-6 * res.p.max()  # measured −2.7e-7
+    # the Newton-GMRES iterate only to its tolerance 1e-6 (−2.7e-7 of the maximum): its
+    # negative cells are set to 0 where that keeps the residual below tol, as here
+    assert res.p.min() >= 0.0
     anti, _ = _theta_v_parts(res.p, op.grid)
     exact = cov[:2, 2:]
     assert exact[0, 1] == pytest.approx(0.017583, abs=1e-6)

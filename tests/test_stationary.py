@@ -103,3 +103,20 @@ def test_run_resumes_an_interrupted_4d_stationary_solve(tmp_path, monkeypatch, f
     reference = st.stationary(four_d[0].op, tol=st.stationary_tolerance(
         four_d[0].op, case.run.steady_tol)).p
     assert np.array_equal(p, reference)
+
+
+def test_negative_cells_of_a_converged_iterate_are_dropped_only_within_tolerance():
+    """The 2-D default solution with one tail cell pushed to −1e-7 of the maximum: set to 0
+    (renormalised) when the residual stays below tol; kept as is when tol is tighter than
+    the clipped density's residual."""
+    prob = setup_problem(default_case(), cells=32)
+    op, vol = prob.op, prob.grid.cell_volume
+    p = st.stationary(op, tol=1e-12).p.ravel().copy()
+    p[0] = -1e-7 * p.max()
+    res = np.abs(op.rate(p)).sum() * vol
+    q, res_q = st._positive_part(op, p, res, 1e-6, vol)
+    assert q.min() == 0.0 and abs(q.sum() * vol - 1.0) <= 1e-14
+    assert res_q == pytest.approx(np.abs(op.rate(q)).sum() * vol, rel=1e-14)
+    assert res_q / op.max_rate() < 1e-6
+    kept, res_kept = st._positive_part(op, p, res, 0.1 * res_q / op.max_rate(), vol)
+    assert kept is p and res_kept == res
