@@ -33,12 +33,12 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   ROS2) wherever that already holds. Everything is in flux form, so the mass is kept to
   round-off whatever the linear solvers' residuals.
   Its default step comes from accuracy, not the CFL bound: Δt ≤ safety·min(ACCURACY/
-  max|Im λ|, RELAXATION/max|λ|), λ the eigenvalues of A, halved until ROS2's error on the
-  exact moment dynamics from p0 to t_final is ≤ TIME_TOL (:mod:`fpsolver.time_error`; a
-  narrow Gaussian 9 standard deviations from equilibrium, stopped within its fast
-  relaxation, needed 1/8 of the eigenvalue step: difference to the explicit run 5.5e-2 →
-  2.1e-3); "auto" takes it when that is STIFF_RATIO (2-D) or KRYLOV_STIFF_RATIO (4-D)
-  times the explicit step.
+  max|Im λ|, RELAXATION/max|λ|, MAX_IMPLICIT_COURANT/max|b_k|/h_k), λ the eigenvalues of
+  A, halved until ROS2's error on the exact moment dynamics from p0 to t_final is
+  ≤ TIME_TOL (:mod:`fpsolver.time_error`; a narrow Gaussian 9 standard deviations from
+  equilibrium, stopped within its fast relaxation, needed 1/4 of the step: difference to
+  the explicit run 1.7e-2 → 1.9e-3 at 64²); "auto" takes it when that is STIFF_RATIO
+  (2-D) or KRYLOV_STIFF_RATIO (4-D) times the explicit step.
   Measured (default case, displaced narrow Gaussian N((0.25, 0), P/4), 64², t = 3):
   min/max of unlimited ROS2 −3.7e-3 at the default step (3× the explicit bound), −2.1e-2
   at 10×; limited ≥ −3e-39 (never below −1e-12) at both, mass 4e-16; L1 vs the exact
@@ -266,6 +266,11 @@ KRYLOV_STIFF_RATIO = 450.0
 # L1 from the time error, below the 2-D spatial error at 128² (1.3e-3 on the default case)
 TIME_TOL = 1e-3
 MAX_HALVINGS = 30
+# ... and Courant number: W lags the second-order advection correction (explicit in ROS2-W),
+# and the positivity limiter then falls back to first order. Overdamped validation case
+# (plain SGD η = 0.02), L1 excess over the converged step: 128², Courant 28 +65 %, 14
+# +4 %, 7 +0 %; 256², Courant 56 +390 %, 28 +19 %, 14 +0.4 % (limiter L1 0.14 → 3e-4)
+MAX_IMPLICIT_COURANT = 10.0
 
 
 def implicit_step_size(op, t_final, dt=None, safety=0.8, p0=None):
@@ -284,7 +289,8 @@ def implicit_step_size(op, t_final, dt=None, safety=0.8, p0=None):
 def _accuracy_step(op, p0=None, t_final=None, safety=0.8):
     """Longest implicit step that accuracy allows (time): ACCURACY radians of the fastest
     rotation max|Im λ| and RELAXATION e-folds of the fastest mode max|λ| per step (λ the
-    eigenvalues of A; strong friction makes max|λ| ≈ (1−β)/m large, rotation-free); with
+    eigenvalues of A; strong friction makes max|λ| ≈ (1−β)/m large, rotation-free), at most
+    MAX_IMPLICIT_COURANT cells of advection per step; with
     the initial density p0, halved until ROS2's error on the moments at t_final, stepping
     ``safety`` times it, is at most TIME_TOL (:mod:`fpsolver.time_error`: a Gaussian
     started far from equilibrium, or stopped within its fastest relaxation, needs shorter
@@ -292,7 +298,8 @@ def _accuracy_step(op, p0=None, t_final=None, safety=0.8):
     lam = np.linalg.eigvals(op.drift)
     rot = float(np.max(np.abs(lam.imag)))
     step = min(ACCURACY / rot if rot > 0 else math.inf,
-               RELAXATION / float(np.max(np.abs(lam))))
+               RELAXATION / float(np.max(np.abs(lam))),
+               MAX_IMPLICIT_COURANT / op.max_advection_rate())
     if p0 is None:
         return step
     mean0, cov0 = moments(np.reshape(p0, op.shape), op.grid)

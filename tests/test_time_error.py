@@ -76,17 +76,16 @@ def stiff_displaced(tmp_path_factory):
 
 
 def test_a_far_displaced_stiff_transient_gets_shorter_implicit_steps(stiff_displaced):
-    """The eigenvalue step (0.4 e-folds of the fast mode) leaves a moment error of 3e-2 at
-    t_final here; halved until it is ≤ TIME_TOL (1/8 of it), the implicit run agrees with
-    the explicit one to 2.1e-3 instead of 5.5e-2 (64²), and "auto", seeing the shorter
-    step, takes the explicit scheme."""
+    """The eigenvalue step (0.4 e-folds of the fast mode, here shortened to 8 cells of
+    advection per step) leaves a moment error above TIME_TOL at t_final; halved until it
+    is ≤ TIME_TOL (1/4 of it), the implicit run agrees with the explicit one to 1.9e-3
+    instead of 1.7e-2 (64²); "auto" steps explicitly."""
     prob = stiff_displaced
     op = prob.op
-    assert choose_scheme(op, "auto") == "implicit"
     assert choose_scheme(op, "auto", prob.p0, prob.t_final) == "explicit"
     eigen_dt, _ = implicit_step_size(op, prob.t_final)
     dt, n = implicit_step_size(op, prob.t_final, p0=prob.p0)
-    assert dt <= eigen_dt / 4
+    assert dt <= eigen_dt / 2
     assert dt == pytest.approx(0.8 * _accuracy_step(op, prob.p0, prob.t_final), rel=0.02)
     g = moment_generator(op.drift, op.diffusion)
     mean0, cov0 = moments(prob.p0, prob.grid)
@@ -96,4 +95,4 @@ def test_a_far_displaced_stiff_transient_gets_shorter_implicit_steps(stiff_displ
     vol = prob.grid.cell_volume
     diffs = [np.abs(evolve(op, prob.p0, prob.t_final, dt=d, scheme="implicit").p
                     - explicit.p).sum() * vol for d in (eigen_dt, dt)]
-    assert diffs[1] <= 5e-3 and diffs[1] <= 0.1 * diffs[0]
+    assert diffs[1] <= 5e-3 and diffs[1] <= 0.2 * diffs[0]

@@ -243,6 +243,20 @@ class FPOperator:
         return res
 
     # ------------------------------------------------------------------ step limits
+    def max_advection_rate(self):
+        """Largest advective rate max_k max|b_k|/h_k over the interior faces (1/time): the
+        Courant number of a step dt is dt times this. The face velocity is affine in the
+        cell indices, so its largest size is at a corner of the index box."""
+        n = len(self.shape)
+        best = 0.0
+        for corner in np.ndindex((2,) * n):
+            for k in range(n):
+                idx = [c * (m - 1) for c, m in zip(corner, self.shape)]
+                idx[k] = min(idx[k], self.shape[k] - 2)  # the last face is a wall
+                u = self.vel0[k] + self.velg[k] @ np.array(idx, dtype=float)
+                best = max(best, abs(u) * self.inv_h[k])
+        return best
+
     def max_rate(self):
         """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate.
         Per axis 2|u|/h (MUSCL face values) + 2D_kk/h², plus, per cross-diffused pair,
