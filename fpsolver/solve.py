@@ -52,7 +52,8 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   4 kernel sweeps, limiter 0.2 ms; unlimited ROS2 with COLAMD LUs took 2.0 ms), explicit
   0.12 ms: at the default case's Δt = 6.9× the explicit one 1.36 s vs 0.84 s (L1 1.44e-3 vs
   1.36e-3), so "auto" stays explicit; plain SGD η = 0.01, 64²: Δt = 52× the explicit
-  bound, 0.07 s vs 0.43 s.
+  bound, 0.07 s vs 0.43 s before the Courant cap (difference to explicit 3.3e-3), 18×
+  and 0.9-1.8× the explicit speed with it (1.1e-3; benchmarks/results/solver.json).
   4-D (§13 model, 16⁴): orders 1.84, 1.91, min/max ≥ −1.4e-14 (unlimited −1.2e-5). GMRES
   needs 5-8 products per solve on the §13 case but 30 (16⁴) to 59 (32⁴) on stiff ones
   (plain SGD η = 0.01: the two v axes are both stiff and cross-diffused, which the
