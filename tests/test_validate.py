@@ -7,12 +7,14 @@ justified there (scheme orders, Monte-Carlo standard errors).
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
 from fpsolver.cli import main
 from fpsolver.validate import checks, report
+from fpsolver.validate.common import md_table
 
 SECTION_TITLES = (
     "Convergence of the finite-volume solver",
@@ -124,3 +126,10 @@ def test_bad_input_exits_2_before_any_work(tmp_path, capsys):
     assert "--sections" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [target]
     assert report.parse_sections("diffusion,fipy") == ("fipy", "diffusion")
+
+
+def test_markdown_cells_with_bars_stay_one_cell():
+    """|z| and |∫p − 1| in a check's description must not split its row (they did)."""
+    text = md_table(["check", "what"], [["mc_max_z", "max |z| of Monte-Carlo"]])
+    row = text.splitlines()[2]
+    assert len(re.split(r"(?<!\\)\|", row)) - 2 == 2

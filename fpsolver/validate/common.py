@@ -66,9 +66,12 @@ def fmt(x, digits=3):
 
 
 def md_table(header, rows):
-    """A GitHub Markdown table; cells are str()-ed (use :func:`fmt` for numbers)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    """A GitHub Markdown table; cells are str()-ed (use :func:`fmt` for numbers), and a
+    "|" inside a cell (|z|, |∫p − 1|) is escaped so it does not split the cell."""
+    def row_line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    lines = [row_line(header), "|" + "---|" * len(header)]
+    lines += [row_line(row) for row in rows]
     return "\n".join(lines)
 
 
