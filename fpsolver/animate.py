@@ -146,14 +146,15 @@ def _movie(model, times, edges, density, current, exact, plane, source):
 def exact_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None):
     """Frames of the exact Gaussian transient from :func:`initial_state` on ``plane``.
 
-    The plane box is the case's grid box (stationary ± width sd, widened to hold the start);
-    ``cells`` per plane axis defaults to the case's grid.
+    The plane box is the case's grid box (stationary ± width sd, widened to hold the start
+    and the path between); ``cells`` per plane axis defaults to the case's grid.
     """
     mean0, cov0 = initial_state(case, model)
     times = _frame_times(model, n_frames, t_final)
     grid = sized_grid(case.grid.cells, (model.stationary_mean, theory.stationary_cov(model)),
                       width=case.grid.width, bounds=case.grid.bounds, initial=(mean0, cov0),
-                      force=case.grid.force)
+                      force=case.grid.force,
+                      path=theory.transient_path(model, mean0, cov0, times[-1])[1:])
     s = list(plane)
     edges = [grid.edges[a] for a in s]
     if cells is not None:

@@ -106,29 +106,48 @@ def cells_per_sigma(grid, cov):
     return float(np.sqrt(max(np.linalg.eigvalsh(cov * np.outer(scale, scale)).min(), 0.0)))
 
 
-def sized_grid(cells, stationary, width=6.0, bounds=None, initial=None, force=False):
-    """Grid for a run: explicit ``bounds`` or the stationary box widened to hold ``initial``.
+def _span(gaussians, width):
+    """(lo, hi) per axis holding mean ± width·sd of every (mean, cov) in ``gaussians``."""
+    means = np.array([m for m, _ in gaussians], dtype=float)
+    sds = np.sqrt(np.array([np.diag(c) for _, c in gaussians], dtype=float))
+    return (means - width * sds).min(axis=0), (means + width * sds).max(axis=0)
+
+
+def sized_grid(cells, stationary, width=6.0, bounds=None, initial=None, force=False,
+               path=None):
+    """Grid for a run: explicit ``bounds`` or the stationary box widened to hold ``initial``
+    and the transient ``path`` between.
 
     ``stationary``, ``initial``: (mean (2d,), cov (2d, 2d)) pairs; ``initial`` may be None
-    (stationary solve). ``width``: scalar or per-axis half-widths in standard deviations.
-    Raises GridError when a Gaussian loses more than MASS_TOL outside the box and not
-    ``force``; the mass outside is recorded in ``grid.mass_outside``.
+    (stationary solve). ``path``: (means (n, 2d), covs (n, 2d, 2d)) of the exact transient
+    at times up to t_final (a rotating density swings beyond both ends: from a start k
+    standard deviations out in θ, about k stationary ones in v); the box is widened to
+    ``width`` standard deviations of every path point only where the stationary and initial
+    box would lose more than MASS_TOL of it. ``width``: scalar or
+    per-axis half-widths in standard deviations. Raises GridError when a Gaussian (the
+    transient: at any of its times) loses more than MASS_TOL outside the box and not
+    ``force``; the largest mass outside per label is recorded in ``grid.mass_outside``.
     """
-    gaussians = {"stationary": stationary}
+    gaussians = {"stationary": [stationary]}
     if initial is not None:
-        gaussians["initial"] = initial
+        gaussians["initial"] = [initial]
+    if path is not None:
+        gaussians["transient"] = list(zip(*path))
     n = len(stationary[0])
     if bounds is None:
         width = np.broadcast_to(np.asarray(width, dtype=float), (n,))
-        lo = np.full(n, np.inf)
-        hi = np.full(n, -np.inf)
-        for mean, cov in gaussians.values():
-            sd = np.sqrt(np.diag(cov))
-            lo = np.minimum(lo, np.asarray(mean) - width * sd)
-            hi = np.maximum(hi, np.asarray(mean) + width * sd)
+        lo, hi = _span(gaussians["stationary"] + gaussians.get("initial", []), width)
+        # the path only where it would lose more than MASS_TOL: boxes that already hold
+        # it stay as they were
+        path_members = gaussians.get("transient", [])
+        if any(gaussian_mass_outside(m, c, tuple(zip(lo, hi))) > MASS_TOL
+               for m, c in path_members):
+            plo, phi = _span(path_members, width)
+            lo, hi = np.minimum(lo, plo), np.maximum(hi, phi)
         bounds = tuple(zip(lo, hi))
     grid = uniform_grid(cells, bounds)
-    outside = {k: gaussian_mass_outside(m, c, grid.bounds) for k, (m, c) in gaussians.items()}
+    outside = {k: max(gaussian_mass_outside(m, c, grid.bounds) for m, c in gs)
+               for k, gs in gaussians.items()}
     for label, mass in outside.items():
         if mass > MASS_TOL and not force:
             raise GridError(f"the box cuts off {mass:.2e} of the {label} density "

@@ -596,8 +596,9 @@ def setup_problem(case, model=None, cells=None):
         initial = (mean0, run.initial_cov_scale * cov_ss)
     cells = case.grid.cells if cells is None else cells
     cells = tuple(np.broadcast_to(np.asarray(cells, dtype=int), (n,)))
+    path = None if initial is None else theory.transient_path(model, *initial, run.t_final)[1:]
     grid = sized_grid(cells, stat, width=case.grid.width or 6.0, bounds=case.grid.bounds,
-                      initial=initial, force=case.grid.force)
+                      initial=initial, force=case.grid.force, path=path)
     op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
     p0 = None
     if initial is not None:

@@ -56,6 +56,28 @@ def transient_moments(model, mean0, cov0, t):
     return mean, (cov + cov.T) / 2
 
 
+def transient_path(model, mean0, cov0, t_final, per_period=16, n_min=257, n_max=4097):
+    """(times (n,), means (n, 2d), covs (n, 2d, 2d)) of the exact transient from
+    N(mean0, cov0) at n evenly spaced times in [0, t_final]: at least ``per_period`` per
+    period of the fastest rotation, n_min ≤ n ≤ n_max."""
+    rot = float(np.max(np.abs(np.linalg.eigvals(model.drift).imag)))
+    n = int(np.clip(np.ceil(per_period * t_final * rot / (2 * np.pi)) + 1, n_min, n_max))
+    times = np.linspace(0.0, t_final, n)
+    step = propagator(model, times[1])
+    p_ss = stationary_cov(model)
+    zmu = model.stationary_mean
+    means, covs = np.empty((n, len(zmu))), np.empty((n, len(zmu), len(zmu)))
+    e = np.eye(len(zmu))
+    dm, dc = np.asarray(mean0, dtype=float) - zmu, np.asarray(cov0, dtype=float) - p_ss
+    with np.errstate(under="ignore"):
+        for k in range(n):
+            means[k] = zmu + e @ dm
+            c = p_ss + e @ dc @ e.T
+            covs[k] = (c + c.T) / 2
+            e = step @ e
+    return times, means, covs
+
+
 def gaussian_density(mean, cov, z):
     """N(mean, cov) density at points z (..., n)."""
     y = np.asarray(z, dtype=float) - mean

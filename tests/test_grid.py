@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
+from fpsolver import theory
+from fpsolver.analysis import compare
+from fpsolver.case import default_case
 from fpsolver.errors import GridError
 from fpsolver.grid import cells_per_sigma, gaussian_mass_outside, sized_grid, uniform_grid
+from fpsolver.sgd import build_model
+from fpsolver.solve import evolve, setup_problem
 
 
 def test_uniform_grid_geometry():
@@ -64,3 +69,27 @@ def test_refuses_too_few_cells_and_empty_bounds():
         uniform_grid((7, 16), ((0, 1), (0, 1)))
     with pytest.raises(GridError, match="lo < hi"):
         uniform_grid((8, 8), ((0, 1), (1, 1)))
+
+
+def test_a_transient_box_holds_the_whole_exact_path():
+    """Default model started 9 stationary σ out in θ (v = 0): turning, the mean reaches
+    6.5 σ in v, beyond the stationary ±6σ box and the initial Gaussian. The sized box
+    holds the exact N(m(t), P(t)) at every sampled time (mass outside ≤ 1e-6); the
+    stationary + initial box cuts it off (refused, naming the transient), and forced
+    through, the walls hold the swinging density back: L1 0.51 against 0.052 at 96²."""
+    model = build_model(default_case())
+    sd = np.sqrt(np.diag(theory.stationary_cov(model)))
+    run = {"t_final": 1.0, "initial_mean": [9 * sd[0], 0.0], "initial_cov_scale": 0.25}
+    prob = setup_problem(default_case().replace(run=run, grid={"cells": 96}))
+    _, means, covs = theory.transient_path(model, *prob.initial, 1.0)
+    assert np.abs(means[:, 1]).max() > 6 * sd[1]
+    assert prob.grid.mass_outside["transient"] <= 1e-6
+    for m, c in zip(means, covs):
+        assert gaussian_mass_outside(m, c, prob.grid.bounds) <= 1e-6
+    narrow = sized_grid((96, 96), prob.stationary, 6.0, initial=prob.initial).bounds
+    with pytest.raises(GridError, match="transient density"):
+        setup_problem(default_case().replace(run=run, grid={"cells": 96, "bounds": narrow}))
+    forced = setup_problem(default_case().replace(
+        run=run, grid={"cells": 96, "bounds": narrow, "force": True}))
+    l1 = [compare(p, evolve(p.op, p.p0, p.t_final))["l1_error"] for p in (prob, forced)]
+    assert l1[0] <= 0.1 and l1[1] >= 0.3
