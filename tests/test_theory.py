@@ -369,3 +369,18 @@ def test_level3_diffusion_curve_first_step_and_limit():
     level2 = th.diffusion_curve_discrete(model, model.mu, k)
     assert at_mu[0] == pytest.approx(level2[0], rel=1e-12)
     assert np.all(at_mu[1:] > 1.1 * level2[1:])
+
+
+@pytest.mark.parametrize("cells_per_sd", [1.0, 0.3, 0.1, 0.02])
+def test_cell_averages_of_a_gaussian_narrower_than_a_cell(cells_per_sd):
+    """Against the exact product of 1-D normal CDF differences (diagonal covariance): the
+    default quadrature order grows as the Gaussian narrows below a cell (4 points per axis
+    held 6.6e-12 of the mass at 0.02 cells per sd)."""
+    edges = [np.linspace(-1.0, 1.0, 33), np.linspace(-2.0, 2.0, 33)]
+    h = np.array([e[1] - e[0] for e in edges])
+    mean, sd = np.array([0.013, -0.02]), cells_per_sd * h
+    p = th.gaussian_cell_averages(mean, np.diag(sd ** 2), edges)
+    with np.errstate(under="ignore"):  # far-tail products flush to zero
+        exact = np.multiply.outer(*[np.diff(norm.cdf((e - m) / s)) / hk
+                                    for e, m, s, hk in zip(edges, mean, sd, h)])
+    assert np.abs(p - exact).max() <= 1e-6 * exact.max()
