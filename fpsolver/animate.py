@@ -154,7 +154,7 @@ def exact_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None):
     grid = sized_grid(case.grid.cells, (model.stationary_mean, theory.stationary_cov(model)),
                       width=case.grid.width, bounds=case.grid.bounds, initial=(mean0, cov0),
                       force=case.grid.force,
-                      path=theory.transient_path(model, mean0, cov0, times[-1])[1:])
+                      path=theory.transient_path(model, mean0, cov0, times[-1]))
     s = list(plane)
     edges = [grid.edges[a] for a in s]
     if cells is not None:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from .errors import GridError
+from .theory import sd_in_cells
 
 MIN_CELLS = 8
 MASS_TOL = 1e-6
@@ -102,8 +103,7 @@ def cells_per_sigma(grid, cov):
     direction, in cells (√ of the smallest eigenvalue of cov measured in cell widths).
     Below ~1 the cells cannot represent the density (strongly correlated or rotating
     cases on coarse grids), and errors of order one follow."""
-    scale = 1.0 / np.asarray(grid.spacing)
-    return float(np.sqrt(max(np.linalg.eigvalsh(cov * np.outer(scale, scale)).min(), 0.0)))
+    return sd_in_cells(cov, grid.spacing)
 
 
 def _span(gaussians, width):

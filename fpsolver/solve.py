@@ -240,10 +240,14 @@ def explicit_step_bound(op):
     return SSP_COEFFICIENT / op.max_rate()
 
 
-def step_size(op, t_final, dt=None, safety=0.8):
-    """(dt, n_steps): the fixed step landing on t_final; refuses forced dt above the bound."""
+def _check_t_final(t_final):
     if not t_final > 0:
         raise UserError(f"run.t_final must be > 0, got {t_final}")
+
+
+def step_size(op, t_final, dt=None, safety=0.8):
+    """(dt, n_steps): the fixed step landing on t_final; refuses forced dt above the bound."""
+    _check_t_final(t_final)
     dt_max = explicit_step_bound(op)
     if dt is None:
         dt = safety * dt_max
@@ -277,8 +281,7 @@ MAX_IMPLICIT_COURANT = 10.0
 def implicit_step_size(op, t_final, dt=None, safety=0.8, p0=None):
     """(dt, n_steps) of the implicit scheme: forced ``dt`` or safety·:func:`_accuracy_step`
     (for the run from p0 to t_final)."""
-    if not t_final > 0:
-        raise UserError(f"run.t_final must be > 0, got {t_final}")
+    _check_t_final(t_final)
     if dt is None:
         dt = safety * _accuracy_step(op, p0, t_final, safety)
     elif not dt > 0:
@@ -315,16 +318,35 @@ def _accuracy_step(op, p0=None, t_final=None, safety=0.8):
     return step
 
 
+def _auto_scheme(op, step):
+    """ "implicit" where the implicit accuracy ``step`` is at least STIFF_RATIO (2-D, LU
+    solves) or KRYLOV_STIFF_RATIO (4-D, GMRES solves) times the forward-Euler bound
+    1/rate_max, else "explicit"."""
+    ratio = STIFF_RATIO if op.grid.ndim == 2 else KRYLOV_STIFF_RATIO
+    return "implicit" if step * op.max_rate() >= ratio else "explicit"
+
+
 def choose_scheme(op, scheme, p0=None, t_final=None, safety=0.8):
-    """Resolve run.scheme: "auto" → "implicit" where the implicit accuracy step (for the
-    run from p0 to t_final when given) is at least STIFF_RATIO (2-D, LU solves) or
-    KRYLOV_STIFF_RATIO (4-D, GMRES solves) times the forward-Euler bound 1/rate_max, else
-    "explicit"."""
+    """Resolve run.scheme: "auto" by :func:`_auto_scheme` on the implicit accuracy step (for
+    the run from p0 to t_final when given)."""
     if scheme != "auto":
         return scheme
-    gain = _accuracy_step(op, p0, t_final, safety) * op.max_rate()
-    ratio = STIFF_RATIO if op.grid.ndim == 2 else KRYLOV_STIFF_RATIO
-    return "implicit" if gain >= ratio else "explicit"
+    return _auto_scheme(op, _accuracy_step(op, p0, t_final, safety))
+
+
+def plan_steps(op, p0, t_final, scheme="auto", dt=None, safety=0.8):
+    """(scheme, dt, n_steps) of a run from p0 to t_final: "auto" resolved as
+    :func:`choose_scheme` does, the accuracy step (moment check included) computed once
+    for both the choice and the implicit step."""
+    if scheme == "auto":
+        _check_t_final(t_final)
+        step = _accuracy_step(op, p0, t_final, safety)
+        scheme = _auto_scheme(op, step)
+        if scheme == "implicit" and dt is None:
+            dt = safety * step
+    if scheme == "implicit":
+        return (scheme, *implicit_step_size(op, t_final, dt, safety, p0))
+    return (scheme, *step_size(op, t_final, dt, safety))
 
 
 KRYLOV_RTOL = 1e-6  # GMRES relative residual of each 4-D stage solve (1e-9: same L1 to 1e-7)
@@ -491,18 +513,18 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
 
     ``checkpoint``: a CheckpointTracker (written on schedule and on Ctrl-C, which then
     re-raises KeyboardInterrupt); ``resume``: (p, step, n_steps, dt) from
-    :func:`load_checkpoint` (pass the first run's p0 with it: "auto" decides on it). Returns a SolveResult (``history["scheme"]``: the scheme
-    used; implicit runs add "linear_solves", "krylov_products" and "limiter_l1").
+    :func:`load_checkpoint` (pass the first run's p0 with it: "auto" decides on it).
+    Returns a SolveResult (``history["scheme"]``: the scheme used; implicit runs add
+    "linear_solves", "krylov_products" and "limiter_l1").
     """
     start = time.perf_counter()
     if scheme not in ("auto", "explicit", "implicit"):
         raise UserError(f'run.scheme must be "auto", "explicit" or "implicit", got {scheme!r}')
-    scheme = choose_scheme(op, scheme, p0, t_final, safety)
     if resume is None:
-        dt, n_steps = (implicit_step_size(op, t_final, dt, safety, p0) if scheme == "implicit"
-                       else step_size(op, t_final, dt, safety))
+        scheme, dt, n_steps = plan_steps(op, p0, t_final, scheme, dt, safety)
         p, step = np.array(p0, dtype=float).ravel(), 0
     else:
+        scheme = choose_scheme(op, scheme, p0, t_final, safety)
         p, step, n_steps, dt = resume
     ros2 = _Ros2(op, dt) if scheme == "implicit" else None
     trackers = list(trackers) + ([checkpoint] if checkpoint is not None else [])
@@ -590,13 +612,12 @@ def setup_problem(case, model=None, cells=None):
     run = case.run
     initial = None
     if run.t_final is not None:
-        if not run.t_final > 0:
-            raise UserError(f"run.t_final must be > 0, got {run.t_final}")
+        _check_t_final(run.t_final)
         mean0 = np.zeros(n) if run.initial_mean is None else np.asarray(run.initial_mean, float)
         initial = (mean0, run.initial_cov_scale * cov_ss)
     cells = case.grid.cells if cells is None else cells
     cells = tuple(np.broadcast_to(np.asarray(cells, dtype=int), (n,)))
-    path = None if initial is None else theory.transient_path(model, *initial, run.t_final)[1:]
+    path = None if initial is None else theory.transient_path(model, *initial, run.t_final)
     grid = sized_grid(cells, stat, width=case.grid.width or 6.0, bounds=case.grid.bounds,
                       initial=initial, force=case.grid.force, path=path)
     op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)

@@ -47,9 +47,12 @@ def transient_moments(model, mean0, cov0, t):
 
     mean(t) = z_μ + e^{−At}(mean0 − z_μ),  P(t) = P_ss + e^{−At}(cov0 − P_ss)e^{−Aᵀt}.
     """
-    e = propagator(model, t)
-    p_ss = stationary_cov(model)
-    zmu = model.stationary_mean
+    return _propagated(propagator(model, t), mean0, cov0, model.stationary_mean,
+                       stationary_cov(model))
+
+
+def _propagated(e, mean0, cov0, zmu, p_ss):
+    """(mean, cov) of N(mean0, cov0) carried by the propagator e = e^{−At}."""
     with np.errstate(under="ignore"):
         mean = zmu + e @ (np.asarray(mean0, dtype=float) - zmu)
         cov = p_ss + e @ (np.asarray(cov0, dtype=float) - p_ss) @ e.T
@@ -57,25 +60,28 @@ def transient_moments(model, mean0, cov0, t):
 
 
 def transient_path(model, mean0, cov0, t_final, per_period=16, n_min=257, n_max=4097):
-    """(times (n,), means (n, 2d), covs (n, 2d, 2d)) of the exact transient from
-    N(mean0, cov0) at n evenly spaced times in [0, t_final]: at least ``per_period`` per
-    period of the fastest rotation, n_min ≤ n ≤ n_max."""
+    """(means (n, 2d), covs (n, 2d, 2d)) of the exact transient from N(mean0, cov0) at n
+    evenly spaced times in [0, t_final]: at least ``per_period`` per period of the fastest
+    rotation, n_min ≤ n ≤ n_max (one propagator, powered step by step)."""
     rot = float(np.max(np.abs(np.linalg.eigvals(model.drift).imag)))
     n = int(np.clip(np.ceil(per_period * t_final * rot / (2 * np.pi)) + 1, n_min, n_max))
-    times = np.linspace(0.0, t_final, n)
-    step = propagator(model, times[1])
-    p_ss = stationary_cov(model)
-    zmu = model.stationary_mean
+    step = propagator(model, t_final / (n - 1))
+    zmu, p_ss = model.stationary_mean, stationary_cov(model)
     means, covs = np.empty((n, len(zmu))), np.empty((n, len(zmu), len(zmu)))
     e = np.eye(len(zmu))
-    dm, dc = np.asarray(mean0, dtype=float) - zmu, np.asarray(cov0, dtype=float) - p_ss
-    with np.errstate(under="ignore"):
-        for k in range(n):
-            means[k] = zmu + e @ dm
-            c = p_ss + e @ dc @ e.T
-            covs[k] = (c + c.T) / 2
+    for k in range(n):
+        means[k], covs[k] = _propagated(e, mean0, cov0, zmu, p_ss)
+        with np.errstate(under="ignore"):
             e = step @ e
-    return times, means, covs
+    return means, covs
+
+
+def sd_in_cells(cov, spacing):
+    """Standard deviation of N(·, cov) along its thinnest direction, in cells of widths
+    ``spacing`` (√ of the smallest eigenvalue of cov measured in cell widths)."""
+    scale = 1.0 / np.asarray(spacing, dtype=float)
+    return float(np.sqrt(max(np.linalg.eigvalsh(np.asarray(cov) * np.outer(scale, scale))
+                             .min(), 0.0)))
 
 
 def gaussian_density(mean, cov, z):
@@ -103,9 +109,7 @@ def gaussian_cell_averages(mean, cov, edges, order=None):
     if order is None:
         order = 2
         if n <= 2:
-            inv_h = 1.0 / np.array([e[1] - e[0] for e in edges])
-            sigma_cells = np.sqrt(max(np.linalg.eigvalsh(
-                np.asarray(cov) * np.outer(inv_h, inv_h)).min(), 0.0))
+            sigma_cells = sd_in_cells(cov, [e[1] - e[0] for e in edges])
             order = int(np.clip(np.ceil(4.0 / max(sigma_cells, 1e-300)), 4, 64))
     nodes, weights = np.polynomial.legendre.leggauss(order)
     points, wts = [], []

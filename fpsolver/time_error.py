@@ -40,9 +40,9 @@ def ros2_step_matrix(g, dt, gamma):
     """One step of the two-stage Rosenbrock method (W = J = G) on y' = Gy:
     k₁ = W⁻¹Gy, k₂ = W⁻¹(G(y + Δt k₁) − 2k₁), y + Δt(3k₁ + k₂)/2, W = I − γΔtG."""
     eye = np.eye(g.shape[0])
-    w_inv_g = np.linalg.solve(eye - gamma * dt * g, g)
-    k1 = w_inv_g
-    k2 = w_inv_g @ (eye + dt * k1) - 2.0 * np.linalg.solve(eye - gamma * dt * g, k1)
+    w_inv = np.linalg.inv(eye - gamma * dt * g)
+    k1 = w_inv @ g
+    k2 = k1 @ (eye + dt * k1) - 2.0 * w_inv @ k1
     return eye + dt * (1.5 * k1 + 0.5 * k2)
 
 

@@ -18,9 +18,8 @@ from fpsolver.grid import sized_grid
 from fpsolver.sgd import PhaseSpaceModel
 from fpsolver.solve import (MAX_IMPLICIT_COURANT, CheckpointTracker, ConservationTracker,
                             Problem, SteadyStateTracker, StorageTracker, Tracker, choose_scheme,
-                            evolve,
-                            explicit_step_bound, load_checkpoint,
-                            setup_problem, step_size)
+                            evolve, explicit_step_bound, implicit_step_size, load_checkpoint,
+                            plan_steps, setup_problem, step_size)
 from fpsolver.stationary import prolong, stationary
 from fpsolver.validate.cases import transient_case
 
@@ -156,6 +155,24 @@ def test_implicit_is_stable_far_beyond_the_explicit_bound_on_a_stiff_case():
     assert res.history["min_density_rel"] >= -1e-12
     spatial = compare(prob, explicit)["l1_error"]
     assert np.abs(res.p - explicit.p).sum() * prob.grid.cell_volume <= 0.1 * spatial
+
+
+@pytest.mark.parametrize("cells, scheme", [(64, "explicit"), (128, "implicit")])
+def test_plan_steps_resolves_auto_with_the_step_it_then_takes(cells, scheme):
+    """Plain SGD η = 0.01 from N((0.11, 0), P/4) to t = 0.25: the accuracy step (Courant
+    cap and moment check) is 37× the forward-Euler bound on 64², 53× on 128², across
+    STIFF_RATIO = 50; one accuracy step decides and sizes, and the plan equals the chosen
+    scheme's own step size."""
+    case = default_case().replace(sgd={"lr": 0.01, "momentum": 0.0},
+                                  run={**TRANSIENT, "t_final": 0.25,
+                                       "initial_mean": [0.11, 0.0]})
+    prob = setup_problem(case, cells=cells)
+    op = prob.op
+    plan = plan_steps(op, prob.p0, prob.t_final)
+    sizer = {"explicit": lambda: step_size(op, prob.t_final),
+             "implicit": lambda: implicit_step_size(op, prob.t_final, p0=prob.p0)}[scheme]
+    assert plan == (scheme, *sizer())
+    assert choose_scheme(op, "auto", prob.p0, prob.t_final) == scheme
 
 
 def test_unknown_scheme_is_refused():

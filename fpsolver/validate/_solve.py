@@ -16,8 +16,7 @@ import numpy as np
 
 from .. import analysis
 from ..grid import MIN_CELLS
-from ..solve import (StorageTracker, choose_scheme, evolve, implicit_step_size, setup_problem,
-                     step_size)
+from ..solve import StorageTracker, evolve, plan_steps, setup_problem
 from ..stationary import stationary, stationary_tolerance
 
 _WARM = set()  # phase-space dimensions whose kernels are compiled
@@ -79,11 +78,8 @@ def transient_history(case, cells, n_times):
     about ``n_times`` times evenly spaced in (0, t_final]."""
     _warm_up(case)
     problem = setup_problem(case, cells=cells)
-    scheme = choose_scheme(problem.op, case.run.scheme, problem.p0, problem.t_final,
-                           case.run.safety)
-    _, steps = (implicit_step_size(problem.op, problem.t_final, case.run.dt, case.run.safety,
-                                   problem.p0) if scheme == "implicit" else
-                step_size(problem.op, problem.t_final, case.run.dt, case.run.safety))
+    _, _, steps = plan_steps(problem.op, problem.p0, problem.t_final, case.run.scheme,
+                             case.run.dt, case.run.safety)
     store = StorageTracker(interval=max(1, steps // n_times))
     _run(problem, case, trackers=[store])
     times = np.array(store.times[1:])
