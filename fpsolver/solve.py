@@ -488,6 +488,11 @@ class _Ros2:
                 "limiter_l1": self.limited_l1}
 
 
+# fl(2/3) + fl(1/3) is 1 − 5.6e-17 in exact arithmetic: a mass drift of 5.6e-17 per step
+# (2.4e-12 over a 44450-step run); fl(2/3) and 1 − fl(2/3) sum to exactly 1
+THIRDS = 2.0 / 3.0
+
+
 def _ssp_rk43(op, p, dt, s1, s2, out):
     """One SSP-RK(4,3) step p → out (Kraaijevanger; Spiteri & Ruuth 2002): four forward-Euler
     stages of Δt/2 in convex combinations, so it is positive up to Δt = 2/rate_max
@@ -500,7 +505,7 @@ def _ssp_rk43(op, p, dt, s1, s2, out):
     h = 0.5 * dt
     op.stage(0.0, p, 1.0, h, p, s1)                # p1 = p + ½Δt L(p)
     op.stage(0.0, p, 1.0, h, s1, s2)               # p2 = p1 + ½Δt L(p1)
-    op.stage(2.0 / 3.0, p, 1.0 / 3.0, h, s2, s1)   # p3 = ⅔p + ⅓(p2 + ½Δt L(p2))
+    op.stage(THIRDS, p, 1.0 - THIRDS, h, s2, s1)   # p3 = ⅔p + ⅓(p2 + ½Δt L(p2))
     op.stage(0.0, p, 1.0, h, s1, out)              # p4 = p3 + ½Δt L(p3)
 
 
