@@ -73,7 +73,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .analysis import moments
-from .errors import SolverError, UnstableError, UserError
+from .errors import GridError, SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
 from .fv.policy import single_threaded_blas
 from .grid import sized_grid
@@ -600,6 +600,20 @@ class Problem:
     stationary: tuple
 
 
+def _check_representable(cov0, grid):
+    """Refuse an initial Gaussian too thin for its cell averages on this grid
+    (:func:`theory.quadrature_order`; a 4-D start 0.05 cells wide had all-zero averages)."""
+    from . import theory
+    order, needed = theory.quadrature_order(cov0, grid.edges)
+    if order < needed:
+        s = theory.sd_in_cells(cov0, grid.spacing)
+        raise GridError(f"the initial density's thinnest standard deviation spans {s:.2g} "
+                        f"cells, too thin for its cell averages on this {grid.ndim}-D grid "
+                        f"(they need {needed} Gauss points per cell axis, at most {order} "
+                        "here): raise run.initial_cov_scale"
+                        + (" or grid.cells" if grid.ndim == 2 else ""))
+
+
 @np.errstate(under="ignore")  # far-tail cell averages flush to zero
 def setup_problem(case, model=None, cells=None):
     """Problem for ``case``: grid sized from the stationary covariance (and the initial
@@ -628,6 +642,7 @@ def setup_problem(case, model=None, cells=None):
     op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
     p0 = None
     if initial is not None:
+        _check_representable(initial[1], grid)
         p0 = theory.gaussian_cell_averages(initial[0], initial[1], grid.edges)
         p0 /= p0.sum() * grid.cell_volume
     return Problem(model, grid, op, p0, run.t_final, initial, stat)

@@ -10,6 +10,8 @@ Phase-space vectors z = (θ₁..θ_d, v₁..v_d) are absolute; covariances are (
 axis order; time t = kη.
 """
 
+import math
+
 import numpy as np
 import scipy.linalg as sla
 
@@ -94,23 +96,39 @@ def gaussian_density(mean, cov, z):
         return norm * np.exp(-0.5 * np.einsum("...i,ij,...j->...", y, prec, y))
 
 
+# Gauss-Legendre points per cell axis of the exact cell averages: 4/s in 2-D (4 to 64:
+# 4 points missed most of a Gaussian narrower than a cell, and its normalised averages put
+# an L1 error of 5.4 on a run), 2/s in 4-D (2 points left L1 errors of 7e-4 at s = 0.73,
+# 2.5e-2 at s = 0.27 and all of the mass at s = 0.05), s the thinnest standard deviation
+# in cells; in 4-D at most QUADRATURE_POINTS_4D points per axis over the grid (128⁴:
+# 2.7e8 evaluations, 7 s)
+QUADRATURE_POINTS_4D = 128
+
+
+def quadrature_order(cov, edges):
+    """(order, needed): the Gauss-Legendre points per cell axis that
+    :func:`gaussian_cell_averages` uses for N(·, cov) on cells with ``edges``, and the
+    points its thinnest standard deviation needs (order < needed: the averages are
+    unreliable, too thin a Gaussian for this grid)."""
+    n = len(edges)
+    s = sd_in_cells(cov, [e[1] - e[0] for e in edges])
+    per_sd, lo, hi = ((4.0, 4, 64) if n <= 2 else
+                      (2.0, 2, max(2, QUADRATURE_POINTS_4D // max(len(e) - 1 for e in edges))))
+    needed = int(math.ceil(min(per_sd / max(s, 1e-300), 1e9)))
+    return int(np.clip(needed, lo, hi)), needed
+
+
 def gaussian_cell_averages(mean, cov, edges, order=None):
     """Cell averages of the N(mean, cov) density on a tensor grid.
 
     ``edges``: one 1-D array of cell edges per axis (n axes); returns shape
     (len(e)−1 for e in edges). Gauss–Legendre with ``order`` points per axis per cell
-    (default 2 for n > 2; for n ≤ 2, 4, or 4/s up to 64 when the Gaussian's thinnest
-    standard deviation spans s < 1 cells: 4 points missed most of a Gaussian narrower than
-    a cell, and its normalised averages put an L1 error of 5.4 on a run): error
-    O(h^{2·order}) relative to the cell average.
+    (default :func:`quadrature_order`): error O(h^{2·order}) relative to the cell average.
     """
     edges = [np.asarray(e, dtype=float) for e in edges]
     n = len(edges)
     if order is None:
-        order = 2
-        if n <= 2:
-            sigma_cells = sd_in_cells(cov, [e[1] - e[0] for e in edges])
-            order = int(np.clip(np.ceil(4.0 / max(sigma_cells, 1e-300)), 4, 64))
+        order = quadrature_order(cov, edges)[0]
     nodes, weights = np.polynomial.legendre.leggauss(order)
     points, wts = [], []
     for e, m in zip(edges, mean):

@@ -11,8 +11,8 @@ import pytest
 
 from fpsolver import theory
 from fpsolver.analysis import compare, moments, observed_orders
-from fpsolver.case import default_case
-from fpsolver.errors import SolverError, UnstableError, UserError
+from fpsolver.case import case_from_dict, default_case
+from fpsolver.errors import GridError, SolverError, UnstableError, UserError
 from fpsolver.fv import FPOperator
 from fpsolver.grid import sized_grid
 from fpsolver.sgd import PhaseSpaceModel
@@ -254,6 +254,23 @@ def test_bad_input_is_refused():
     bad[3, 4] = np.nan
     with pytest.raises(SolverError, match="NaN"):
         evolve(prob.op, bad, 0.1)
+
+
+def test_initial_density_too_thin_for_the_grid_is_refused():
+    """A 4-D start 0.01 cells wide needs 200 Gauss points per cell axis for its cell
+    averages (10 fit at 12⁴): refused, naming the initial density (it ran on all-zero
+    averages: NaN). In 2-D more cells help (up to 64 points per axis)."""
+    case = case_from_dict({"sgd": {"lr": 0.05, "momentum": 0.9, "batch_size": 8},
+                           "loss": {"hessian": [[1.0, 0.2], [0.2, 0.5]]},
+                           "noise": {"model": "proportional", "sigma2": 0.25},
+                           "grid": {"cells": 12},
+                           "run": {"t_final": 1.0, "initial_cov_scale": 1e-4}})
+    with pytest.raises(GridError, match="initial density's thinnest .* raise "
+                                        "run.initial_cov_scale$"):
+        setup_problem(case)
+    thin = default_case().replace(run={**TRANSIENT, "initial_cov_scale": 1e-8})
+    with pytest.raises(GridError, match="initial_cov_scale or grid.cells"):
+        setup_problem(thin, cells=64)
 
 
 def _non_commuting_model(lr=0.05, momentum=0.9):
