@@ -258,7 +258,7 @@ def test_bad_input_is_refused():
 
 def test_initial_density_too_thin_for_the_grid_is_refused():
     """A 4-D start 0.01 cells wide needs 200 Gauss points per cell axis for its cell
-    averages (10 fit at 12⁴): refused, naming the initial density (it ran on all-zero
+    averages (10 fit at 12⁴, 40 would pass): refused, naming the initial density (it ran on all-zero
     averages: NaN). In 2-D more cells help (up to 64 points per axis)."""
     case = case_from_dict({"sgd": {"lr": 0.05, "momentum": 0.9, "batch_size": 8},
                            "loss": {"hessian": [[1.0, 0.2], [0.2, 0.5]]},
