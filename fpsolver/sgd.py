@@ -297,4 +297,25 @@ def build_model(case):
             _check_psd(hessian, "loss.hessian (Σ = σ²H needs H positive semi-definite)")
     sigma2 = (sigma2 if noise.model in ("proportional", "isotropic")
               else _fitted_sigma2(sigma, hessian))
-    return PhaseSpaceModel(hyper, hessian, mu, sigma, float(sigma2), noise.model, data)
+    model = PhaseSpaceModel(hyper, hessian, mu, sigma, float(sigma2), noise.model, data)
+    _check_fluctuating(model)
+    return model
+
+
+# smallest over largest eigenvalue of the stationary covariance below which a direction of
+# phase space has no fluctuations (Σ = 0 on it: the stationary density is degenerate)
+DEGENERATE = 1e-12
+
+
+def _check_fluctuating(model):
+    """Refuse noise that leaves the stationary density degenerate (zero noise had the
+    theory fail on a singular matrix and the solver blame grid.bounds)."""
+    from .theory import stationary_cov
+    ev = np.linalg.eigvalsh(stationary_cov(model))
+    if not ev[0] > DEGENERATE * ev[-1]:
+        key = {"matrix": "noise.matrix", "exact": "loss.linear_regression",
+               "proportional": "noise.sigma2 and loss.hessian (Σ = σ²H)"}.get(
+                   model.noise_model, "noise.sigma2")
+        raise CaseError(f"the gradient noise leaves a direction without fluctuations "
+                        f"(stationary covariance eigenvalues {ev[0]:.3g} to {ev[-1]:.3g}): "
+                        f"the stationary density is degenerate; check {key}")

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from fpsolver import theory
 from fpsolver.case import case_from_dict, case_to_dict, default_case, load_case
 from fpsolver.errors import CaseError, UnstableError
 from fpsolver.sgd import PhaseSpaceModel, build_model
@@ -99,6 +100,26 @@ def test_noise_matrix_must_be_symmetric_psd():
     asym = with_("noise", {"model": "matrix", "matrix": [[1.0, 0.1], [0.0, 1.0]]})
     with pytest.raises(CaseError, match="noise.matrix must be symmetric"):
         build_model(case_from_dict(asym))
+
+
+@pytest.mark.parametrize("noise, key", [
+    ({"model": "isotropic", "sigma2": 0.0}, "noise.sigma2"),
+    ({"model": "matrix", "matrix": [[1.0, 0.0], [0.0, 0.0]]}, "noise.matrix"),
+])
+def test_noise_that_leaves_a_direction_still_is_refused(noise, key):
+    """Σ = 0 on an eigen-direction of a diagonal H: that mode's stationary covariance is 0
+    (the theory failed on a singular matrix, the solver blamed grid.bounds). With H not
+    commuting, the same singular Σ still reaches every direction: accepted (P's smallest
+    eigenvalue 1.0e-2 of the largest)."""
+    case = case_from_dict({**with_("noise", noise), "loss": {"hessian": [[1.0, 0.0],
+                                                                         [0.0, 0.5]]}})
+    with pytest.raises(CaseError, match=f"without fluctuations .* check {key}"):
+        build_model(case)
+    mixed = case_from_dict({**with_("noise", noise), "loss": {"hessian": [[1.0, 0.3],
+                                                                          [0.3, 0.5]]}})
+    if noise["model"] == "matrix":
+        ev = np.linalg.eigvalsh(theory.stationary_cov(build_model(mixed)))
+        assert ev[0] > 1e-6 * ev[-1]
 
 
 def test_unstable_hyperparameters_say_which_mode_and_by_how_much():
