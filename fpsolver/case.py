@@ -27,6 +27,10 @@ from .errors import CaseError
 from .sgd import Hyperparameters
 
 NOISE_MODELS = ("proportional", "isotropic", "matrix", "exact")
+# grid.cells per axis when absent: 128² in 2-D; 128⁴ would be 2.7e8 cells (about 75 GB for
+# a stationary solve: the run was killed for memory), 32⁴ solves in 8 s (48⁴: 55 s)
+DEFAULT_CELLS_2D = 128
+DEFAULT_CELLS_4D = 32
 SCHEMES = ("auto", "explicit", "implicit")
 BATCH_SAMPLING = ("iid", "reshuffle")
 
@@ -333,7 +337,8 @@ def _parse_grid(data, dim):
             "force": number(bool)}
     values = take_keys(check_table(data, "grid"), "grid", spec)
     n = 2 * dim
-    cells = _expand(values.get("cells", (128,)), n, "grid.cells")
+    cells = _expand(values.get("cells", (DEFAULT_CELLS_2D if n <= 2 else DEFAULT_CELLS_4D,)),
+                    n, "grid.cells")
     if min(cells) < 8:
         raise CaseError(f"grid.cells must be >= 8 per axis, got {list(cells)}")
     width = _expand(values.get("width", (6.0,)), n, "grid.width")

@@ -75,7 +75,7 @@ import scipy.sparse.linalg as spla
 from .analysis import moments
 from .errors import GridError, SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
-from .fv.policy import single_threaded_blas
+from .fv.policy import physical_memory_bytes, single_threaded_blas
 from .grid import sized_grid
 from .io import atomic_savez, read_checkpoint
 from .time_error import moment_error, moment_generator, ros2_step_matrix
@@ -600,6 +600,22 @@ class Problem:
     stationary: tuple
 
 
+# peak memory of a run per cell: 4-D stationary solves (Krylov basis, nested levels, the
+# exact cell averages) took 4 GB at 64⁴ (240 B/cell) and 1.5 GB at 48⁴ (280, process
+# included); a 128⁴ default grid ran out of memory and was killed without a word
+PEAK_BYTES_PER_CELL = 300
+
+
+def _check_memory(cells):
+    """Refuse a grid whose run would not fit in the machine's memory."""
+    size = math.prod(cells)
+    need, have = PEAK_BYTES_PER_CELL * size, physical_memory_bytes()
+    if have is not None and need > have:
+        raise GridError(f"grid.cells {'x'.join(map(str, cells))} = {size:.3g} cells need "
+                        f"about {need / 1e9:.2g} GB, this machine has {have / 1e9:.2g} GB: "
+                        "use fewer cells")
+
+
 # an initial Gaussian is refused when its cell averages need more than this many times the
 # Gauss points the grid allows (4-D, 2 points for 8: L1 error 2.5e-2 at s = 0.25 cells
 # per sd; at 2 for 4, 3e-3: runs at s = 0.5-1 are under-resolved, warned, but sound)
@@ -642,6 +658,7 @@ def setup_problem(case, model=None, cells=None):
         initial = (mean0, run.initial_cov_scale * cov_ss)
     cells = case.grid.cells if cells is None else cells
     cells = tuple(np.broadcast_to(np.asarray(cells, dtype=int), (n,)))
+    _check_memory(cells)
     path = None if initial is None else theory.transient_path(model, *initial, run.t_final)
     grid = sized_grid(cells, stat, width=case.grid.width or 6.0, bounds=case.grid.bounds,
                       initial=initial, force=case.grid.force, path=path)

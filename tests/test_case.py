@@ -122,6 +122,12 @@ def test_noise_that_leaves_a_direction_still_is_refused(noise, key):
         assert ev[0] > 1e-6 * ev[-1]
 
 
+def test_default_cells_per_axis_depend_on_the_phase_space_dimension():
+    """128 per axis in 2-D; 32 in 4-D (128⁴ = 2.7e8 cells ran out of memory)."""
+    assert case_from_dict(with_("loss.hessian", [[0.97]])).grid.cells == (128,) * 2
+    assert case_from_dict(BASE).grid.cells == (32,) * 4
+
+
 def test_unstable_hyperparameters_say_which_mode_and_by_how_much():
     # mode 1: η(h+λ) = 2.1·(0.97+0.01) = 2.058 vs 2(1+β) = 2 -> 2.9 % over
     bad = with_("sgd", {"lr": 2.1, "momentum": 0.0, "weight_decay": 0.01, "batch_size": 8})

@@ -273,6 +273,17 @@ def test_initial_density_too_thin_for_the_grid_is_refused():
         setup_problem(thin, cells=64)
 
 
+def test_grid_beyond_the_machine_memory_is_refused(monkeypatch):
+    """PEAK_BYTES_PER_CELL (300) × cells against the physical memory: 64² needs 1.2 MB."""
+    import fpsolver.solve as solve_module
+    monkeypatch.setattr(solve_module, "physical_memory_bytes", lambda: 1_000_000)
+    with pytest.raises(GridError, match=r"grid.cells 64x64 = 4.1e\+03 cells need about "
+                                        r"0.0012 GB, this machine has 0.001 GB"):
+        setup_problem(default_case(), cells=64)
+    monkeypatch.setattr(solve_module, "physical_memory_bytes", lambda: 2_000_000)
+    assert setup_problem(default_case(), cells=64).grid.shape == (64, 64)
+
+
 def _non_commuting_model(lr=0.05, momentum=0.9):
     """THEORY.md §13: d = 2, Σ = σ²[[2.5, 1.5], [1.5, 2.5]] does not commute with H."""
     h = np.array([[0.755734, 0.379458], [0.379458, 0.309074]])

@@ -12,6 +12,7 @@ idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128² 27 vs 16 µs
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import numba
@@ -68,6 +69,14 @@ def last_level_cache_bytes():
         mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
         best = max(best, (level, int(size.rstrip("KMG")) * mult))
     return best[1]
+
+
+def physical_memory_bytes():
+    """The machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def streams_output(n_cells):
