@@ -203,7 +203,7 @@ def stationary_tolerance(op, steady_tol):
 
 @np.errstate(under="ignore")
 def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3,
-               checkpoint=None, resume=None):
+               checkpoint=None, resume=None, progress=None):
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 
     ``p0``: initial guess (default: constant, or the solution on the grid with half the
@@ -214,6 +214,8 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     :func:`load_stationary_checkpoint` continues that level's Newton iteration (a coarser
     level's iterate resumes the nested solve there). The GMRES path is deterministic, so a
     resumed solve ends at the same answer; the direct path restarts with a fresh LU.
+    ``progress``: a tqdm bar, advanced by every Newton step (of every level) with the
+    level's grid and relative residual as its postfix.
     """
     start = time.perf_counter()
     grid = op.grid
@@ -230,7 +232,7 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
         cop = FPOperator(coarse, op.drift, op.diffusion, op.mean)
         sub_tol = tol if direct else max(tol, NESTED_TOL)  # coarse LU steps are cheap
         sub = stationary(cop, tol=sub_tol, max_iter=max_iter, krylov_tol=krylov_tol,
-                         checkpoint=checkpoint, resume=resume)
+                         checkpoint=checkpoint, resume=resume, progress=progress)
         n_rhs += sub.n_rhs
         p0 = prolong(sub.p, coarse, grid)
     if resumed:  # a checkpointed iterate is already normalised: renormalising changes bits
@@ -260,6 +262,10 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
             if not np.all(np.isfinite(p)):
                 raise SolverError("the stationary solve produced NaN; the grid is too coarse")
             chord = res <= _DirectSolver.CHORD_RATIO * prev
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix_str(f"{'x'.join(map(str, grid.shape))} cells, "
+                                         f"residual {res / rate_max:.1e}")
             if res / rate_max < tol:
                 status = "converged"
                 break

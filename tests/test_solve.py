@@ -194,6 +194,27 @@ def test_long_time_transient_equals_stationary_solve():
     assert np.abs(res.p - ref.p).sum() * vol <= bound
 
 
+def test_stationary_progress_counts_every_newton_step_of_every_level():
+    """96² nests a 48² solve: the bar advances once per Newton/chord step of both levels
+    and ends naming the fine grid and its residual."""
+    class Bar:
+        n, postfix = 0, []
+
+        def update(self, k):
+            self.n += k
+
+        def set_postfix_str(self, text):
+            self.postfix.append(text)
+
+    prob = setup_problem(default_case(), cells=96)
+    bar = Bar()
+    res = stationary(prob.op, progress=bar)
+    coarse = stationary(setup_problem(default_case(), cells=48).op)
+    assert bar.n == res.n_iter + coarse.n_iter
+    assert bar.postfix[0].startswith("48x48 cells")
+    assert bar.postfix[-1] == f"96x96 cells, residual {res.residual_rel:.1e}"
+
+
 def test_result_says_why_the_stationary_solve_stopped():
     prob = setup_problem(default_case(), cells=32)
     short = stationary(prob.op, max_iter=1)  # one Newton step: the first-order solution

@@ -66,6 +66,7 @@ def run(args):
     import time
 
     import numpy as np
+    from tqdm import tqdm
 
     from .. import __version__, theory
     from ..analysis import compare, exact_moments, moments
@@ -100,9 +101,12 @@ def run(args):
         if problem.t_final is None:
             resume = (load_stationary_checkpoint(ckpt, key) if (args.resume and had_ckpt)
                       else None)
-            result = stationary(op, tol=stationary_tolerance(op, case.run.steady_tol),
-                                checkpoint=StationaryCheckpoint(ckpt, key, args.checkpoint_every),
-                                resume=resume)
+            with tqdm(desc="stationary (Newton)", unit="step", leave=False,
+                      disable=args.no_progress) as bar:
+                result = stationary(op, tol=stationary_tolerance(op, case.run.steady_tol),
+                                    checkpoint=StationaryCheckpoint(ckpt, key,
+                                                                    args.checkpoint_every),
+                                    resume=resume, progress=bar)
             solver = "newton-lu" if use_direct(op) else "newton-gmres-af"
             if not result.success:
                 raise UserError(f"stationary solve did not converge: {result.message}; the "
