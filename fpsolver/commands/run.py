@@ -9,6 +9,9 @@ from . import add_case_argument, case_from_args
 # cells per standard deviation below which a run warns: L1 errors of order 0.1-1 follow
 # (measured on random 2-D transients: 0.72 at 1.8 stationary / 0.56 initial cells per σ)
 WELL_RESOLVED = 2.0
+# steps between steady-state checks of a transient run (one rate evaluation each: 0.5 % of
+# the explicit steps' cost)
+STEADY_INTERVAL = 50
 
 
 def add_parser(subparsers):
@@ -73,8 +76,8 @@ def run(args):
     from ..errors import GridError, UserError
     from ..grid import cells_per_sigma
     from ..io import atomic_savez, atomic_write_json
-    from ..solve import (CheckpointTracker, ConservationTracker, ProgressTracker, evolve,
-                         load_checkpoint, setup_problem)
+    from ..solve import (CheckpointTracker, ConservationTracker, ProgressTracker,
+                         SteadyStateTracker, evolve, load_checkpoint, setup_problem)
     from ..stationary import (StationaryCheckpoint, load_stationary_checkpoint, stationary,
                               stationary_tolerance, use_direct)
 
@@ -116,8 +119,11 @@ def run(args):
         else:
             resume = load_checkpoint(ckpt, key) if (args.resume and had_ckpt) else None
             tracker = CheckpointTracker(ckpt, key, every_s=args.checkpoint_every)
+            # a run that has reached the stationary state (residual of a converged
+            # stationary solve, run.steady_tol) stops there: the rest would not change it
             trackers = [ProgressTracker(enabled=not args.no_progress),
-                        ConservationTracker(interval=10)]
+                        ConservationTracker(interval=10),
+                        SteadyStateTracker(case.run.steady_tol, interval=STEADY_INTERVAL)]
             result = evolve(op, problem.p0, problem.t_final, dt=case.run.dt,
                             safety=case.run.safety, trackers=trackers, checkpoint=tracker,
                             resume=resume, scheme=case.run.scheme)
