@@ -1,7 +1,7 @@
 """Solver ladder of exact answers (THEORY.md §5-7): stationary Gaussian, transient
 N(e^{−At}z₀, P(t)), long-time limit = stationary solve, conservation, positivity, resume.
 
-Tolerances: the scheme is second order (MUSCL/van Leer advection, central diffusion), so
+Tolerances: the scheme is second order (MUSCL advection, central diffusion), so
 errors fall about 4-fold per grid doubling; the bounds are the issue's targets, with the
 measured values in the comments.
 """

@@ -4,8 +4,10 @@ Scheme (conservative, zero-flux walls, cell averages p on a uniform grid), for
 ∂_t p = −∇·J, J = b(z)p − D∇p with b(z) = −A(z − z_μ) and D nonzero only in the vv block:
 
 * advection b_k p on every axis (θ axes: b_θ = v, no diffusion; v axes: the drift
-  −(K/m)(θ−μ) − ((1−β)/m)v): MUSCL reconstruction with the van Leer limiter, upwinded.
-  Second order where the density is smooth and monotone along the axis; face values stay
+  −(K/m)(θ−μ) − ((1−β)/m)v): MUSCL reconstruction, upwinded, with the third-order
+  (κ = 1/3) slopes of a smooth TVD limiter (:func:`fpsolver.fv.kernels._slope`). Third-order
+  face values where the density is smooth and monotone along the axis (second-order
+  fluxes overall: the scheme converges at order 2 or a little above); face values stay
   between neighbouring cell averages (TVD), so it is positive.
 * diffusion D_kk ∂_k p on v axes: central, (D_kk/h)(p_L − p_R): second order, M-matrix.
 * off-diagonal D_vv (non-commuting noise, d = 2): −D_ab ∂_b p on the a faces, split in
@@ -92,7 +94,7 @@ class FPOperator:
 
     def describe(self):
         """One line naming the scheme (``summary.json``'s "scheme")."""
-        text = "MUSCL/van Leer advection, central v diffusion"
+        text = "MUSCL advection (third-order TVD slopes), central v diffusion"
         if np.any(self.cross) or np.any(self.cross_lim):
             text += ", cross-diffusion on the diagonal stencil"
             if np.any(self.cross_lim):
