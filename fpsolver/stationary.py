@@ -80,7 +80,7 @@ class _DirectSolver:
       Newton step from the same p with a fresh LU.
     * Every step is damped to keep the density positive: λ = min(1, 0.95·min p/(−δ)) over
       the cells where the step would cross zero (floored at ``MIN_DAMPING``). The limited
-      scheme is only piecewise smooth (van Leer switches at extrema), and undamped Newton
+      scheme is only piecewise smooth (the limiter switches at extrema), and undamped Newton
       iterates that undershoot flip the limiter far from the solution: on the β = 0.99
       example at 48² plain Newton needed 29 LUs, the undamped chord variant did not
       converge in 40 steps, the damped one takes 8 LUs.
