@@ -6,6 +6,8 @@ They follow the kernels' formulas with whole-array slicing and exist to test the
 
 import numpy as np
 
+from .kernels import SLOPE_CAP_BETA
+
 
 def _limited(a, b, aw, bw, jac):
     """Twin of ``kernels._slope`` (elementwise): the slope along the flow from the upstream
@@ -13,13 +15,11 @@ def _limited(a, b, aw, bw, jac):
     same = ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))
     s = np.where(same, a + b, 1.0)
     alpha, beta = a / s, b / s
-    val = 4.0 / 3.0 * (a + 2.0 * b) * alpha * beta
-    capped = np.abs(val) > 2.0 * np.abs(a)
     if jac:
-        val = np.where(capped, 2.0 * aw, 8.0 / 3.0 * beta ** 3 * aw
+        val = np.where(beta > SLOPE_CAP_BETA, 2.0 * aw, 8.0 / 3.0 * beta ** 3 * aw
                        + 4.0 / 3.0 * alpha ** 2 * (alpha + 3.0 * beta) * bw)
     else:
-        val = np.where(capped, 2.0 * a, val)
+        val = a * np.minimum(4.0 / 3.0 * (beta + beta * beta), 2.0)
     return np.where(same, val, 0.0)
 
 
