@@ -16,6 +16,8 @@ from pathlib import Path
 
 import matplotlib
 
+# this tree's fpsolver, not an installed copy (a stale one drew last stop's figures)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
