@@ -45,8 +45,9 @@ def _slope(ap, bp, aw, bw, jac):
     plain SGD 2.55e-3 → 1.28e-3. Smooth except at the cap (b > 4.65a) and where a or b
     vanishes, so Newton converges as before (a piecewise-linear Koren limiter, as accurate,
     stalled the stationary Newton iteration on the high-momentum case). One division per
-    face, as van Leer's (a second made the 2-D kernel 25-40 % slower); still 5-15 % below
-    van Leer's cell-update rate (more arithmetic per face; runs vary ±10 %). Homogeneous of
+    face, as van Leer's (a second made the 2-D kernel 25-40 % slower); still 10 % below
+    van Leer's rate in cache (256², 2 threads: 1.37e9 vs 1.53e9 cells/s, more arithmetic
+    per face), equal beyond it (2048²: 1.0e9 both, memory-bound). Homogeneous of
     degree one. With ``jac`` its derivative at the p differences (ap, bp), applied to the
     w differences (aw, bw); written with a/(a+b), b/(a+b) so tiny densities do not
     underflow to 0/0."""
