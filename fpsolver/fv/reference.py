@@ -23,19 +23,17 @@ def _limited(a, b, aw, bw, jac):
     return np.where(same, val, 0.0)
 
 
-def _slopes(p, w, jac, axis, forward):
-    """Limited cell slopes of w along ``axis`` for flow in the +axis (``forward``) or −axis
-    direction, measured along the flow (Jacobian at p if ``jac``); 0 at both ends."""
+def _slopes(p, w, jac, axis):
+    """(forward, backward): limited cell slopes of w along ``axis`` for flow in the +axis
+    and in the −axis direction, each measured along its flow (Jacobian at p if ``jac``);
+    0 at both ends."""
     thirds = (slice(None, -2), slice(1, -1), slice(2, None))
     pm, p0, pp = (np.moveaxis(p if jac else w, axis, 0)[s] for s in thirds)
     wm, w0, wp = (np.moveaxis(w, axis, 0)[s] for s in thirds)
     back, fwd, wback, wfwd = p0 - pm, pp - p0, w0 - wm, wp - w0
-    if forward:
-        s = _limited(back, fwd, wback, wfwd, jac)
-    else:  # the upstream side is the forward neighbour
-        s = _limited(-fwd, -back, -wfwd, -wback, jac)
-    out = np.zeros_like(np.moveaxis(w, axis, 0))
-    out[1:-1] = s
+    out = np.zeros((2,) + np.moveaxis(w, axis, 0).shape)
+    out[0, 1:-1] = _limited(back, fwd, wback, wfwd, jac)
+    out[1, 1:-1] = _limited(-fwd, -back, -wfwd, -wback, jac)  # upstream: the next cell
     return out
 
 
@@ -91,7 +89,7 @@ def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
         for k in range(len(shape)):
             wk = np.moveaxis(w, k, 0)
             u = np.moveaxis(vel[k], k, 0)[:-1]
-            up, down = _slopes(p, w, jac, k, True), _slopes(p, w, jac, k, False)
+            up, down = _slopes(p, w, jac, k)
             f = np.where(u >= 0, u * (wk[:-1] + 0.5 * up[:-1]), u * (wk[1:] + 0.5 * down[1:]))
             f = f + dif[k] * (wk[:-1] - wk[1:])
             for b in range(len(shape)):
