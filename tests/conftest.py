@@ -18,6 +18,23 @@ def rng():
     return np.random.default_rng(20240107)
 
 
+@pytest.fixture
+def interrupt_at():
+    """Tracker factory: ``interrupt_at(n)`` raises KeyboardInterrupt (a Ctrl-C) at step n."""
+    from fpsolver.solve import Tracker
+
+    class Interrupt(Tracker):
+        def __init__(self, at):
+            super().__init__(1)
+            self.at = at
+
+        def handle(self, state):
+            if state.step == self.at:
+                raise KeyboardInterrupt
+
+    return Interrupt
+
+
 @pytest.fixture(autouse=True)
 def _close_figures():
     """Close every matplotlib figure a test opened (only if matplotlib was imported)."""

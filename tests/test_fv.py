@@ -49,7 +49,7 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
 
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
 def test_stage_kernel_agrees_with_its_twin(make, rng):
-    """out = a·x + b·(w + dt·rate(w)) in one pass, also with out = x (SSP-RK(4,3) stage 3)."""
+    """out = a·x + b·(w + dt·rate(w)) in one pass, also with out = x (an SSP-RK stage that mixes in an earlier one)."""
     op = make()
     x, w = rng.random(op.size), rng.random(op.size)
     dt = 0.3 / op.max_rate()

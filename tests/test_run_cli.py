@@ -10,7 +10,7 @@ from fpsolver.case import load_case
 from fpsolver.cli import main
 from fpsolver.commands.run import _fingerprint
 from fpsolver.sgd import build_model
-from fpsolver.solve import CheckpointTracker, Tracker, evolve, setup_problem
+from fpsolver.solve import CheckpointTracker, evolve, setup_problem
 from fpsolver.stationary import stationary
 
 CASE = """name = "small"
@@ -128,21 +128,17 @@ def test_transient_stops_once_it_is_stationary(tmp_path):
     assert np.abs(p - stationary(prob.op).p).sum() * prob.grid.cell_volume <= 1e-7
 
 
-class _Interrupt(Tracker):
-    def handle(self, state):
-        if state.step == 20:
-            raise KeyboardInterrupt
-
-
-def test_resume_continues_an_interrupted_run_to_the_same_answer(tmp_path):
+def test_resume_continues_an_interrupted_run_to_the_same_answer(tmp_path, interrupt_at):
     path = _case(tmp_path, run=TRANSIENT)
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["run", path, "--out", str(full), "--no-progress", "--no-figure"]) == 0
+    steps = json.loads((full / "summary.json").read_text())["n_steps"]
+    assert steps >= 10
     case = load_case(path)
     prob = setup_problem(case)
     ck = CheckpointTracker(part / "checkpoint.npz", _fingerprint(case, prob.grid), every_s=1e9)
     with pytest.raises(KeyboardInterrupt):
-        evolve(prob.op, prob.p0, prob.t_final, trackers=[_Interrupt()], checkpoint=ck)
+        evolve(prob.op, prob.p0, prob.t_final, trackers=[interrupt_at(steps // 2)], checkpoint=ck)
     assert main(["run", path, "--out", str(part), "--resume", "--no-progress",
                  "--no-figure"]) == 0
     a, b = (json.loads((d / "summary.json").read_text()) for d in (full, part))
