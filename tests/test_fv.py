@@ -49,7 +49,8 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
 
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
 def test_stage_kernel_agrees_with_its_twin(make, rng):
-    """out = a·x + b·(w + dt·rate(w)) in one pass, also with out = x (an SSP-RK stage that mixes in an earlier one)."""
+    """out = a·x + b·(w + dt·rate(w)) in one pass, also with out = x (an SSP-RK stage that
+    mixes in an earlier one) and with a = 0 (x unread)."""
     op = make()
     x, w = rng.random(op.size), rng.random(op.size)
     dt = 0.3 / op.max_rate()
@@ -63,6 +64,9 @@ def test_stage_kernel_agrees_with_its_twin(make, rng):
     np.testing.assert_array_equal(streamed, out)
     op.stage(2 / 3, x, 1 / 3, dt, w, x)
     np.testing.assert_array_equal(x, out)
+    op.stage(0.0, x, 1.0, dt, w, out)
+    twin = reference.stage_rate(0.0, x, 1.0, dt, w, *op.kernel_args())
+    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-14 * np.abs(twin).max())
 
 
 @pytest.mark.parametrize("jac", [False, True])

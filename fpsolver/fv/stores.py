@@ -1,4 +1,5 @@
-"""Non-temporal (streaming) stores for kernels whose output does not fit in the cache.
+"""Non-temporal (streaming) stores and prefetches for kernels whose arrays do not fit in the
+cache.
 
 A plain store first reads the cache line it writes (read for ownership), so a kernel that
 reads p and writes out moves 24 B per cell, not 16. A non-temporal store writes the line
@@ -48,3 +49,21 @@ def store_fence(typingctx):
         return context.get_dummy_value()
 
     return types.void(), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint that array[index]'s cache line will be read soon (no effect on results)."""
+    def codegen(context, builder, signature, args):
+        arr, idx = args
+        data = context.make_array(signature.args[0])(context, builder, arr).data
+        ptr = builder.gep(data, [idx])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [i8p], fnty)
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
