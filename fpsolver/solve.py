@@ -265,11 +265,12 @@ def step_size(op, t_final, dt=None, safety=0.8):
 ROS2_GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 ACCURACY = 0.02  # implicit default step: radians of the fastest rotation per step ...
 RELAXATION = 0.5  # ... and e-folds of the fastest relaxation per step
-# "auto" steps implicitly when the accuracy step is this many times 1/rate_max. Break-even
-# estimated from the SSP-RK3 timings in the module docstring, scaled by the 2× cheaper
-# SSP-RK(9,3): 2-D LU ~23 (11 with SSP-RK3; 128²), so 50 leaves a margin; 4-D GMRES ~420
-# (210 with SSP-RK3: 32⁴ stiff, 42× and 4.9× slower)
-STIFF_RATIO = 50.0
+# "auto" steps implicitly when the accuracy step is this many times 1/rate_max. 2-D,
+# measured with SSP-RK(9,3) on plain SGD η = 0.01 (the Courant cap sets the ratio: 42 /
+# 55 / 67 at 128² / 192² / 256²): implicit 1.12 / 0.93 / 0.76× the explicit speed (with
+# SSP-RK(4,3) break-even was below 50, the threshold then). 4-D GMRES ~420 (210 with
+# SSP-RK3: 32⁴ stiff, 42× and 4.9× slower)
+STIFF_RATIO = 75.0
 KRYLOV_STIFF_RATIO = 450.0
 # ROS2's moment error at t_final (standard deviations, time_error.moment_error): ≈ 8e-4 of
 # L1 from the time error, below the 2-D spatial error at 128² (1.3e-3 on the default case)

@@ -157,12 +157,17 @@ def test_implicit_is_stable_far_beyond_the_explicit_bound_on_a_stiff_case():
     assert np.abs(res.p - explicit.p).sum() * prob.grid.cell_volume <= 0.1 * spatial
 
 
-@pytest.mark.parametrize("cells, scheme", [(64, "explicit"), (128, "implicit")])
-def test_plan_steps_resolves_auto_with_the_step_it_then_takes(cells, scheme):
+@pytest.mark.parametrize("cells, stiff_ratio, scheme",
+                         [(64, None, "explicit"), (128, None, "explicit"), (128, 50.0, "implicit")])
+def test_plan_steps_resolves_auto_with_the_step_it_then_takes(cells, stiff_ratio, scheme,
+                                                              monkeypatch):
     """Plain SGD η = 0.01 from N((0.11, 0), P/4) to t = 0.25: the accuracy step (Courant
-    cap and moment check) is 37× the forward-Euler bound on 64², 53× on 128², across
-    STIFF_RATIO = 50; one accuracy step decides and sizes, and the plan equals the chosen
-    scheme's own step size."""
+    cap and moment check) is 37× the forward-Euler bound on 64², 53× on 128²: below
+    STIFF_RATIO = 75, above a threshold of 50; one accuracy step decides and sizes, and the
+    plan equals the chosen scheme's own step size."""
+    from fpsolver import solve
+    if stiff_ratio is not None:
+        monkeypatch.setattr(solve, "STIFF_RATIO", stiff_ratio)
     case = default_case().replace(sgd={"lr": 0.01, "momentum": 0.0},
                                   run={**TRANSIENT, "t_final": 0.25,
                                        "initial_mean": [0.11, 0.0]})
