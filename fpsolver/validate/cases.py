@@ -3,7 +3,7 @@
 Each entry: a Case (stationary: no ``run.t_final``) and the transient variant, started
 from a Gaussian displaced by two stationary standard deviations in θ with covariance
 0.25 × the stationary one, run for a number of rotation periods (underdamped) or of
-e-folding times of the slow position mode (overdamped; the solver steps it implicitly).
+e-folding times of the slow position mode (overdamped; "auto" steps it implicitly from 256²).
 """
 
 import numpy as np

@@ -82,7 +82,7 @@ by {cases.DISPLACEMENT_SD:g} stationary sd in θ with {cases.INITIAL_COV_SCALE:g
 stationary covariance and run for {plan.periods} rotation period(s) (overdamped: as many
 e-folding times of the slow position mode). Time stepping as `fpsolver run` does it:
 SSP-RK(9,3), or the positivity-limited ROS2 (linearly implicit, flux-corrected) where the
-explicit step is too stiff (the overdamped case).
+explicit step is too stiff (the overdamped case at 256²).
 
 {table}
 
