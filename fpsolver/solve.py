@@ -506,7 +506,7 @@ def _ssp_rk93(op, p, dt, s1, s2, out):
     faster: 96² 0.0645 → 0.0486 s, 128² 0.147 → 0.101 s). Flat arrays; ``s1`` and ``s2``
     are scratch arrays of p's size (4-D grids hold 10⁷ cells). Each stage is one kernel
     pass that also evaluates its rate (:meth:`FPOperator.stage`)."""
-    h = dt / 6.0
+    h = dt / SSP_COEFFICIENT  # r = n² − n = 6: stage length and SSP coefficient alike
     op.stage(0.0, p, 1.0, h, p, s1)                # q1 = p + Δt/6 L(p), kept as q
     op.stage(0.0, p, 1.0, h, s1, s2)               # stages 2-5: q ← q + Δt/6 L(q)
     op.stage(0.0, p, 1.0, h, s2, out)

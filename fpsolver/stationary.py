@@ -12,7 +12,7 @@ first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·
 from the solution on the grid with half the cells (nested iteration down to 12 cells per
 axis; the coarse levels are solved to NESTED_TOL only). On the §13 case each Newton step
 takes 40-90 Jacobian products; 64⁴ (16.7 M cells) converges to a relative residual of
-4e-9 in 3 Newton steps from the 32⁴ solution: 93 s, about 4 GB on 2 cores, L1 error
+4e-9 in 3 Newton steps from the 32⁴ solution: 93-99 s, about 4 GB on 2 cores, L1 error
 1.1e-2 (unpreconditioned GMRES needed ~15× more iterations on the 2-D analogue).
 GMRES(10): more products than GMRES(20) (32⁴: 739 vs 613) but less Gram-Schmidt traffic,
 which on 64⁴ costs as much as a product (32⁴: 5.0 vs 6.4 s; 64⁴: 106 vs 117 s).

@@ -12,8 +12,8 @@ of the cell with indices i is ``vel0[k] + Σ_l velg[k, l]·i_l`` (built by the o
 The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk/h_k)(w_L − w_R)
 − D_kb ∂_b w: MUSCL advection with a smooth third-order TVD limiter (σ the limited slope
 of the upstream cell along the flow, :func:`_slope`; 0 next to a wall), central
-diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes) and the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2
-only): on the diagonal stencil matching its sign, ``cross`` linear and ``cross_lim`` (the
+diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes) and the cross-diffusion between the two
+velocity axes (``cross``, off-diagonal D, d = 2 only): on the diagonal stencil matching its sign, ``cross`` linear and ``cross_lim`` (the
 part beyond what keeps that stencil an M-matrix) with its flux saturated (:func:`_saturated`).
 
 ``jac`` = False evaluates the nonlinear scheme on ``w`` (``p`` unused); ``jac`` = True
@@ -30,7 +30,7 @@ from .stores import prefetch, store_fence, stream_store
 SLOPE_CAP_BETA = (7.0 ** 0.5 - 1.0) / 2.0  # b/(a + b) beyond which _slope is capped at 2a
 # software prefetch, this many cells beyond the farthest row the stencil reaches (1024-8192
 # alike): the hardware prefetcher left the kernel latency-bound beyond the cache (2048²,
-# 2 threads: rate 0.91 → 1.02-1.07e9 cells/s, stage 0.66 → 0.96-1.02e9; 64⁴ 0.37 → 0.46e9)
+# 2 threads: rate 0.91 → 1.02-1.11e9 cells/s, stage 0.66 → 0.95-1.02e9; 64⁴ 0.37 → 0.46e9)
 PREFETCH_AHEAD = 2048
 RATE_TASKS = 16  # parallel tasks of the rate kernel (contiguous ranges of rows)
 LANES = 256  # lines eliminated together by the line solver ...

@@ -18,6 +18,12 @@ from numba.core import errors
 from numba.extending import intrinsic
 
 
+def _element_pointer(context, builder, array_type, array, index):
+    """LLVM pointer to array[index] (1-D contiguous array, unchecked index)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(data, [index])
+
+
 @intrinsic
 def stream_store(typingctx, array, index, value):
     """array[index] = value with a non-temporal store (1-D contiguous array; the index
@@ -29,9 +35,9 @@ def stream_store(typingctx, array, index, value):
 
     def codegen(context, builder, signature, args):
         arr, idx, val = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
         val = context.cast(builder, val, signature.args[2], signature.args[0].dtype)
-        store = builder.store(val, builder.gep(data, [idx]))
+        store = builder.store(val, _element_pointer(context, builder, signature.args[0], arr,
+                                                    idx))
         store.set_metadata("nontemporal",
                            builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
@@ -55,9 +61,7 @@ def store_fence(typingctx):
 def prefetch(typingctx, array, index):
     """Hint that array[index]'s cache line will be read soon (no effect on results)."""
     def codegen(context, builder, signature, args):
-        arr, idx = args
-        data = context.make_array(signature.args[0])(context, builder, arr).data
-        ptr = builder.gep(data, [idx])
+        ptr = _element_pointer(context, builder, signature.args[0], *args)
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
