@@ -29,6 +29,7 @@ from fpsolver.sgd import build_model  # noqa: E402
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "figures"
 EXAMPLES = ROOT.parent / "examples"
+NET_RUN = ROOT / "data" / "resnet18-h200"   # fpsolver net record + compare on a GPU (networks.rst)
 DPI = 110
 
 
@@ -300,6 +301,19 @@ def fig_diffusion():
     fig.tight_layout()
     _save(fig, "diffusion.png")
     return {"exponents": out}
+
+
+def fig_net():
+    """F9: a ResNet-18 recording (paper preset, one H200 GPU) in its top Hessian directions,
+    redrawn by :mod:`fpsolver.net.figures` from the stored ``record.h5`` and ``summary.json``."""
+    import json
+
+    from fpsolver.net import figures as net_figures, files
+
+    rec = files.load_record(NET_RUN / "record.h5")
+    summary = json.loads((NET_RUN / "summary.json").read_text())
+    net_figures.phase_portraits(OUT / "net_phase.png", rec, summary)
+    net_figures.variances(OUT / "net_variances.png", rec, summary)
 
 
 FIGURES = {name[4:]: f for name, f in globals().items() if name.startswith("fig_")}

@@ -52,7 +52,7 @@ def _ellipse(ax, centre, cov, **kw):
 def phase_portraits(path, rec, summary):
     plt = _plt()
     win = _window(rec, summary)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), layout="constrained")
     for ax, i in zip(axes, _pair(summary)):
         d = summary["directions"][i]
         x, v = rec["theta_proj"][win, i], -rec["buf_proj"][win, i]
@@ -63,6 +63,7 @@ def phase_portraits(path, rec, summary):
                             [d["cov_theta_v_level2"], d["var_v_level2"]]])
             _ellipse(ax, np.array([x.mean(), v.mean()]), cov, color="C3", label="level 2, 95 %")
             ax.legend(loc="upper right", fontsize=8)
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.set_xlabel(f"θ · e{d['index']} − ref")
         ax.set_ylabel(f"v · e{d['index']}  (v = −buf)")
         ax.set_title(f"e{d['index']}: h = {d['h']:.3g}, {d['rotation_sense']}")
@@ -93,7 +94,7 @@ def landscape(path, rec, summary):
     vspan = [max(np.abs(vx).max(), 1e-12) * 1.3, max(np.abs(vy).max(), 1e-12) * 1.3]
     ux, uy = np.meshgrid(np.linspace(-vspan[0], vspan[0], 120), np.linspace(-vspan[1], vspan[1], 120))
     kin = lr * (1 + beta) / 4 * (ux ** 2 / h[0] + uy ** 2 / h[1])
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     axes[0].contour(gx, gy, loss, 12, cmap="Blues")
     axes[0].set_title("positions over L_λ (quadratic model)")
     axes[1].contourf(gx, gy, psi, 20, cmap="magma_r")
@@ -117,7 +118,7 @@ def variances(path, rec, summary):
     plt = _plt()
     dirs = [d for d in summary["directions"] if d.get("theory") == "ok"]
     idx = np.array([d["index"] for d in dirs])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for ax, var in zip(axes, ("theta", "v")):
         for off, level, colour in ((-0.1, "level1", "C0"), (0.1, "level2", "C3")):
             pred = np.array([d[f"var_{var}_{level}"] for d in dirs])
@@ -126,6 +127,7 @@ def variances(path, rec, summary):
             ax.errorbar(idx + off, meas / pred, yerr=se / pred, fmt="o", color=colour,
                         label=f"measured / {level.replace('level', 'level ')}")
         ax.axhline(1, color="k", lw=0.8)
+        ax.set_yscale("log")
         ax.set_xlabel("eigen-direction i")
         ax.set_title(f"stationary Var {'θ' if var == 'theta' else 'v'}_i: measured / theory")
         ax.legend(fontsize=8)
