@@ -504,18 +504,11 @@ def _ssp_rk93(op, p, dt, s1, s2, out):
     stage, so positive up to Δt = 6/rate_max: 1.5 rate evaluations per 1/rate_max of
     time against SSP-RK(4,3)'s 2 (same L1 to five digits on the benchmark transient, 20-31 %
     faster: 96² 0.0645 → 0.0486 s, 128² 0.147 → 0.101 s). Flat arrays; ``s1`` and ``s2``
-    are scratch arrays of p's size (4-D grids hold 10⁷ cells). Each stage is one kernel
-    pass that also evaluates its rate (:meth:`FPOperator.stage`)."""
+    are scratch arrays of p's size (4-D grids hold 10⁷ cells). The nine stages run in one
+    kernel call (:meth:`FPOperator.ssp_rk93_step`; the stage table is in
+    :mod:`fpsolver.fv.kernels`)."""
     h = dt / SSP_COEFFICIENT  # r = n² − n = 6: stage length and SSP coefficient alike
-    op.stage(0.0, p, 1.0, h, p, s1)                # q1 = p + Δt/6 L(p), kept as q
-    op.stage(0.0, p, 1.0, h, s1, s2)               # stages 2-5: q ← q + Δt/6 L(q)
-    op.stage(0.0, p, 1.0, h, s2, out)
-    op.stage(0.0, p, 1.0, h, out, s2)
-    op.stage(0.0, p, 1.0, h, s2, out)
-    op.stage(FIFTHS, s1, 1.0 - FIFTHS, h, out, s2)  # stage 6: ⅗q1 + ⅖(q + Δt/6 L(q))
-    op.stage(0.0, p, 1.0, h, s2, out)              # stages 7-9
-    op.stage(0.0, p, 1.0, h, out, s1)
-    op.stage(0.0, p, 1.0, h, s1, out)
+    op.ssp_rk93_step(p, h, FIFTHS, s1, s2, out)
 
 
 @np.errstate(under="ignore")  # far-tail densities ~1e-300 flush to zero

@@ -48,25 +48,20 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
 
 
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
-def test_stage_kernel_agrees_with_its_twin(make, rng):
-    """out = a·x + b·(w + dt·rate(w)) in one pass, also with out = x (an SSP-RK stage that
-    mixes in an earlier one) and with a = 0 (x unread)."""
+def test_ssp_rk93_kernel_agrees_with_its_twin(make, rng):
+    """The nine SSP-RK(9,3) stages in one kernel call equal its numpy twin stage by stage
+    (round-off of a few rate evaluations), with and without non-temporal stores."""
     op = make()
-    x, w = rng.random(op.size), rng.random(op.size)
-    dt = 0.3 / op.max_rate()
-    twin = reference.stage_rate(2 / 3, x, 1 / 3, dt, w, *op.kernel_args())
-    out = np.empty(op.size)
-    kernels.stage_rate_kernel(2 / 3, x, 1 / 3, dt, w, *op.kernel_args(), False, out)
-    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-14 * np.abs(twin).max())
-    streamed = x.copy()  # non-temporal stores, out = x: the same numbers
-    kernels.stage_rate_kernel(2 / 3, streamed, 1 / 3, dt, w, *op.kernel_args(), True,
-                              streamed)
+    p = rng.random(op.size)
+    h = 0.3 / op.max_rate()
+    twin = reference.ssp_rk93_step(p, h, 0.6, *op.kernel_args())
+    s1, s2, out = (np.empty(op.size) for _ in range(3))
+    kernels.ssp_rk93_kernel(p, h, 0.6, *op.kernel_args(), False, s1, s2, out)
+    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
+    streamed = np.empty(op.size)
+    kernels.ssp_rk93_kernel(p, h, 0.6, *op.kernel_args(), True, s1, s2, streamed)
     np.testing.assert_array_equal(streamed, out)
-    op.stage(2 / 3, x, 1 / 3, dt, w, x)
-    np.testing.assert_array_equal(x, out)
-    op.stage(0.0, x, 1.0, dt, w, out)
-    twin = reference.stage_rate(0.0, x, 1.0, dt, w, *op.kernel_args())
-    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-14 * np.abs(twin).max())
+    np.testing.assert_array_equal(op.ssp_rk93_step(p, h, 0.6, s1, s2, np.empty(op.size)), out)
 
 
 @pytest.mark.parametrize("jac", [False, True])

@@ -138,12 +138,12 @@ class FPOperator:
         """dp/dt = −∇·F(p) of the (nonlinear, limited) scheme; same shape as p."""
         return self._rate_kernel(p, p, False, out)
 
-    def stage(self, a, x, b, dt, w, out):
-        """out = a·x + b·(w + dt·rate(w)) (flat; ``out`` must not be w): one Runge-Kutta
-        stage in one kernel pass."""
+    def ssp_rk93_step(self, p, h, blend, s1, s2, out):
+        """out = one SSP-RK(9,3) step from p with stages of length h (flat; ``s1``, ``s2``
+        scratch; :func:`kernels.ssp_rk93_kernel`) in one kernel call."""
         with threads_for(self.size):
-            kernels.stage_rate_kernel(a, self._flat(x), b, dt, self._flat(w),
-                                      *self.kernel_args(), self.stream, out)
+            kernels.ssp_rk93_kernel(self._flat(p), h, blend, *self.kernel_args(), self.stream,
+                                    s1, s2, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):

@@ -130,6 +130,14 @@ def line_solve(alpha, beta, tau, shape, strides, axis, rhs):
     return np.moveaxis(out, -1, axis).ravel()
 
 
-def stage_rate(a, x, b, dt, w, *args):
-    """Twin of ``stage_rate_kernel``: a·x + b·(w + dt·rate(w)), ``args`` the operator's."""
-    return a * x + b * (w + dt * rate(w, w, False, *args))
+def ssp_rk93_step(p, h, blend, *args):
+    """Twin of ``ssp_rk93_kernel``: one SSP-RK(9,3) step from p, stages of length h,
+    ``args`` the operator's (its buffer table, stage by stage)."""
+    from .kernels import SSP93_BLEND_STAGE, SSP93_READS, SSP93_WRITES
+
+    bufs = [np.asarray(p, dtype=float), None, None, None]
+    for stage, (src, dst) in enumerate(zip(SSP93_READS, SSP93_WRITES)):
+        a = blend if stage == SSP93_BLEND_STAGE else 0.0
+        w = bufs[src]
+        bufs[dst] = (a * bufs[1] if a else 0.0) + (1.0 - a) * (w + h * rate(w, w, False, *args))
+    return bufs[SSP93_WRITES[-1]]
