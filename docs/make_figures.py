@@ -271,7 +271,7 @@ def fig_diffusion():
     d = 20
     h = np.arange(1, d + 1) ** -1.5
     case = case_from_dict({"name": "power_law", "sgd": {"lr": 0.01, "momentum": 0.9,
-                                                        "batch_size": 8},
+                                                        "weight_decay": 0.0, "batch_size": 8},
                            "loss": {"hessian": np.diag(h).tolist()},
                            "noise": {"model": "proportional", "sigma2": 0.25}})
     model = build_model(case)

@@ -266,7 +266,8 @@ def _bounds(value, key):
 def _parse_sgd(data):
     spec = {"lr": positive(float), "momentum": number(float),
             "weight_decay": positive(float, allow_zero=True), "batch_size": number(int)}
-    return Hyperparameters(**take_keys(check_table(data, "sgd"), "sgd", spec, required=("lr",)))
+    # every [sgd] key is required (DESIGN.md marks none optional): no silent β = 0 or S = 1
+    return Hyperparameters(**take_keys(check_table(data, "sgd"), "sgd", spec, required=tuple(spec)))
 
 
 def _parse_linear_regression(data):
@@ -318,6 +319,8 @@ def _parse_noise(data, loss):
         raise CaseError(f"noise.matrix is only used with noise.model = \"matrix\", not {noise.model!r}")
     if noise.model == "exact" and loss.linear_regression is None:
         raise CaseError("noise.model = \"exact\" needs a [loss.linear_regression] data set")
+    if noise.model in ("matrix", "exact") and noise.sigma2 is not None:
+        raise CaseError(f"noise.sigma2 is not used with noise.model = {noise.model!r} (remove it)")
     if noise.model in ("proportional", "isotropic") and noise.sigma2 is None \
             and loss.linear_regression is None:
         raise CaseError(f"noise.sigma2 is required for noise.model = {noise.model!r}")

@@ -29,7 +29,8 @@ def test_plane_current_of_4d_gaussian_is_the_marginal_of_j():
     """The plane current equals ∫J dz_rest, here by quadrature of the exact 4-D current."""
     from fpsolver.case import case_from_dict
 
-    case = case_from_dict({"sgd": {"lr": 0.05, "momentum": 0.9, "batch_size": 8},
+    case = case_from_dict({"sgd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+                                   "batch_size": 8},
                            "loss": {"hessian": [[0.8, 0.3], [0.3, 0.4]]},
                            "noise": {"model": "matrix", "matrix": [[0.6, 0.4], [0.4, 0.6]]}})
     model = build_model(case)
@@ -118,6 +119,20 @@ def test_cli_writes_gif_of_default_case(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "12 frames" in text and "256x192" in text and "from the solver" in text
     assert "GIF through Pillow" in text
+
+
+def test_cli_writes_mp4_without_ffmpeg_on_the_path(tmp_path, capsys, monkeypatch):
+    """.mp4 is MP4 even with no ffmpeg on the PATH (imageio-ffmpeg's binary, a dependency):
+    the frame count and duration read back from the file."""
+    import imageio_ffmpeg
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    out = tmp_path / "flow.mp4"
+    assert main(["animate", "--out", str(out), "--frames", "6", "--fps", "3", "--size",
+                 "256x192", "--cells", "32", "--source", "exact", "--quiet"]) == 0
+    assert "MP4 through ffmpeg" in capsys.readouterr().out
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(out))
+    assert frames == 6 and seconds == pytest.approx(2.0, abs=0.05)
 
 
 @pytest.mark.parametrize("argv, key", [

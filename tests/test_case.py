@@ -47,7 +47,8 @@ def test_round_trip_and_toml(tmp_path):
     case = case_from_dict(BASE)
     assert case_from_dict(case_to_dict(case)) == case
     path = tmp_path / "c.toml"
-    path.write_text('name = "x"\n[sgd]\nlr = 0.05\nmomentum = 0.9\nbatch_size = 8\n'
+    path.write_text('name = "x"\n[sgd]\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.0\n'
+                    'batch_size = 8\n'
                     '[loss]\nhessian = [[1.0]]\n[noise]\nsigma2 = 0.25\n'
                     '[grid]\ncells = [64, 32]\n[run]\nt_final = 2\ninitial_mean = [0.1, 0]\n')
     loaded = load_case(path)
@@ -72,6 +73,11 @@ def test_cases_are_frozen():
     ("sgd.batch_size", 2.5, "sgd.batch_size must be an integer"),
     ("sgd.nesterov", True, "unknown key sgd.nesterov"),
     ("sgd.lr", None, "missing required key sgd.lr"),
+    ("sgd.momentum", None, "missing required key sgd.momentum"),
+    ("sgd.weight_decay", None, "missing required key sgd.weight_decay"),
+    ("sgd.batch_size", None, "missing required key sgd.batch_size"),
+    ("noise", {"model": "matrix", "matrix": [[1.0, 0.0], [0.0, 1.0]], "sigma2": 0.25},
+     "noise.sigma2 is not used with noise.model = 'matrix'"),
     ("colour", "red", "unknown key colour"),
     ("noise.sigma2", -0.1, "noise.sigma2 must be >= 0"),
     ("noise.model", "pink", "noise.model must be one of"),

@@ -446,7 +446,7 @@ def test_cli_out_must_be_a_folder(tmp_path):
 
 def test_cli_quadratic_has_no_exact_level(tmp_path):
     case = tmp_path / "q.toml"
-    case.write_text('[sgd]\nlr = 0.05\nmomentum = 0.9\nbatch_size = 8\n'
+    case.write_text('[sgd]\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.0\nbatch_size = 8\n'
                     '[loss]\nhessian = [[0.97, 0.1], [0.1, 0.2]]\n[noise]\nsigma2 = 0.25\n'
                     '[simulate]\nchains = 100\nsteps = 500\nbatches = "reshuffle"\n')
     out = _cli(str(case), "--out", str(tmp_path / "o"))

@@ -24,7 +24,7 @@ from fpsolver.sweep import (RUN_COLUMNS, evaluate_point, expand_points, load_swe
 pd = pytest.importorskip("pandas")
 pytest.importorskip("distributed")
 
-BASE = {"sgd": {"lr": 0.03, "momentum": 0.9, "batch_size": 16},
+BASE = {"sgd": {"lr": 0.03, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 16},
         "loss": {"linear_regression": {"n_samples": 400, "feature_eigenvalues": [1.0],
                                        "label_noise": 0.5, "seed": 1}}}
 
@@ -116,7 +116,8 @@ def test_axis_ranges_and_point_expansion():
 def test_base_case_file_is_relative_to_the_sweep_file(tmp_path):
     (tmp_path / "cases").mkdir()
     (tmp_path / "cases" / "quad.toml").write_text(
-        "[sgd]\nlr = 0.05\nmomentum = 0.9\nbatch_size = 4\n[loss]\nhessian = [[2.0]]\n"
+        "[sgd]\nlr = 0.05\nmomentum = 0.9\nweight_decay = 0.0\nbatch_size = 4\n"
+        "[loss]\nhessian = [[2.0]]\n"
         "[noise]\nsigma2 = 0.5\n")
     sweep_path = tmp_path / "s.toml"
     sweep_path.write_text('base = "cases/quad.toml"\n[axes]\nlr = [0.01, 0.02]\n')
@@ -169,7 +170,7 @@ def test_unstable_point_is_a_failed_row_not_a_crash():
 
 def test_buffer_scale_is_the_continuous_prediction_for_proportional_noise():
     """η²E‖buf‖² (level 1) = η²σ² tr H/(S(1−β²)) exactly when Σ = σ²H (THEORY.md §6)."""
-    base = {"sgd": {"lr": 0.02, "momentum": 0.8, "batch_size": 4},
+    base = {"sgd": {"lr": 0.02, "momentum": 0.8, "weight_decay": 0.0, "batch_size": 4},
             "loss": {"hessian": [[1.0]]}, "noise": {"model": "proportional", "sigma2": 0.3}}
     sweep = make_sweep(base=base, levels=[1, 2], axes={"lr": [0.01, 0.1], "momentum": [0.5, 0.95]})
     for point in expand_points(sweep):
@@ -231,7 +232,7 @@ def test_fokker_planck_per_point_matches_the_exact_gaussian():
     """The stationary 2-D solve (d = 1) reproduces the continuous variances; the second-order
     scheme on 96 cells per axis over ±6 s.d. is within 2 % (measured: 3.25 % at 48, 0.68 % at
     96, 0.15 % at 192 — order ≈ 2.3)."""
-    base = {"sgd": {"lr": 0.05, "momentum": 0.8, "batch_size": 8},
+    base = {"sgd": {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.0, "batch_size": 8},
             "loss": {"hessian": [[0.97]]}, "noise": {"model": "proportional", "sigma2": 0.25}}
     sweep = make_sweep(base=base, spectrum=None, levels=[1], axes={"lr": [0.05]},
                        diffusion=None, fokker_planck={"cells": 96})
