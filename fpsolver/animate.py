@@ -171,14 +171,6 @@ def exact_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None):
                   "exact")
 
 
-def _plane_marginal(arr, plane, volume_rest):
-    """Marginal of grid array ``arr`` on axes ``plane`` (in that order): sum × cell volume
-    of the other axes."""
-    rest = tuple(a for a in range(arr.ndim) if a not in plane)
-    out = arr.sum(axis=rest) * volume_rest if rest else arr
-    return out if plane[0] < plane[1] else out.T
-
-
 def solver_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None,
                  progress=True):
     """Frames of the finite-volume solver (:mod:`fpsolver.solve`) from :func:`initial_state`.
@@ -205,9 +197,9 @@ def solver_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None,
     for j in tqdm(range(n_frames), desc="solving", unit="frame", disable=not progress):
         if j > 0:
             p = evolve(op, p, times[j] - times[j - 1]).p
-        density.append(_plane_marginal(p, s, volume_rest))
+        density.append(plots.plane_marginal(p, s, volume_rest))
         flux = op.current(p)
-        current.append([_plane_marginal(flux[a], s, volume_rest) for a in s])
+        current.append([plots.plane_marginal(flux[a], s, volume_rest) for a in s])
     exact = _exact_marginals(model, mean0, cov0, times, plane)
     edges = [grid.edges[a] for a in s]
     return _movie(model, times, edges, np.array(density), np.array(current), exact, plane,

@@ -12,6 +12,14 @@ from pathlib import Path
 import numpy as np
 
 
+def usual_permissions(path, directory=False):
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666/0777 less the umask):
+    mkstemp and mkdtemp create private (0600/0700) temporaries, and a rename keeps that."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_replace(path):
     """Yield a temporary path next to ``path``; on success rename it onto ``path``."""
@@ -21,6 +29,7 @@ def atomic_replace(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -131,13 +131,13 @@ def test_linear_regression_has_exact_level():
 # ------------------------------------------------------------------ fpsolver run, coarse
 
 
-def _run(tmp_path, name, cells, extra=""):
+def _run(tmp_path, name, cells, extra="", figure=False):
     """``fpsolver run`` on a copy of examples/NAME.toml (+ ``extra`` TOML); summary.json."""
     case = tmp_path / f"{name}_{cells}.toml"
     case.write_text((EXAMPLES / f"{name}.toml").read_text() + extra)
     out = tmp_path / f"out_{name}_{cells}"
     _cli("run", str(case), "--out", str(out), "--cells", str(cells), "--no-progress",
-         "--no-figure")
+         *(() if figure else ("--no-figure",)))
     return json.loads((out / "summary.json").read_text())
 
 
@@ -170,7 +170,12 @@ def test_4d_examples_run_transient_on_coarse_grid(tmp_path, name, bound):
     zmu = build_model(load_case(EXAMPLES / f"{name}.toml")).stationary_mean
     extra = (f"\n[run]\nt_final = 0.2\ninitial_cov_scale = 1.0\n"
              f"initial_mean = [{', '.join(repr(float(v)) for v in zmu)}]\n")
-    summary = _run(tmp_path, name, 12, extra)
+    summary = _run(tmp_path, name, 12, extra, figure=name == "noncommuting")
     assert summary["t_final"] == pytest.approx(0.2)
+    if name == "noncommuting":  # the figure: three plane marginals side by side
+        from PIL import Image
+
+        with Image.open(tmp_path / "out_noncommuting_12" / "density.png") as im:
+            assert im.size[0] > 2.5 * im.size[1]
     assert summary["mass_error"] < 1e-12
     assert summary["l1_error"] < bound

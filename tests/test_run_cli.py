@@ -1,6 +1,7 @@
 """``fpsolver run``: outputs per DESIGN.md, refusals without partial files, --resume."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -63,6 +64,12 @@ def test_stationary_run_writes_the_contract(tmp_path):
     assert (out / "density.png").exists()
     assert main(["run", "--out", str(out), "--cells", "64"]) == 2  # exists, no --force
     assert main(["run", "--out", str(out), "--cells", "64", "--force", "--no-figure"]) == 0
+    # a finished run (no checkpoint) is not overwritten by --resume either
+    assert main(["run", "--out", str(out), "--cells", "48", "--resume"]) == 2
+    assert json.loads((out / "summary.json").read_text())["cells"] == [64, 64]
+    umask = os.umask(0)
+    os.umask(umask)  # results are readable like any file the user writes, not 0600
+    assert (out / "summary.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -123,7 +130,7 @@ def test_transient_stops_once_it_is_stationary(tmp_path):
     assert s["status"] == "steady" and s["residual_rel"] < 1e-10
     with np.load(out / "density.npz") as d:
         p, t = d["p"], float(d["t"])
-    assert t < 40 and s["message"].startswith(f"stopped at t = {t:.6g}")
+    assert t < 40 and s["message"].startswith(f"stopped at t = {t:.6g}") and s["t"] == t
     prob = setup_problem(load_case(path))
     assert np.abs(p - stationary(prob.op).p).sum() * prob.grid.cell_volume <= 1e-7
 

@@ -1,5 +1,5 @@
 """``fpsolver run [CASE] --out DIR``: solve the Fokker-Planck equation, compare with the exact
-Gaussian, write DIR/summary.json, DIR/density.npz and (2-D) DIR/density.png."""
+Gaussian, write DIR/summary.json, DIR/density.npz and DIR/density.png (4-D: plane marginals)."""
 
 import sys
 from pathlib import Path
@@ -20,7 +20,8 @@ def add_parser(subparsers):
         description="Build the phase-space model of CASE (default: the built-in case), solve "
                     "the Fokker-Planck equation to run.t_final (or to the stationary state "
                     "when t_final is absent), compare with the exact Gaussian and write "
-                    "DIR/summary.json, DIR/density.npz and a figure (2-D).")
+                    "DIR/summary.json, DIR/density.npz and DIR/density.png (4-D: marginals on "
+                    "the (θ₁, v₁), (θ₂, v₂) and (θ₁, θ₂) planes).")
     add_case_argument(p, optional=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true",
@@ -47,18 +48,33 @@ def _fingerprint(case, grid):
 
 
 def _figure(path, problem, p, exact):
-    """Density heat map with the scheme's current J (streamlines) and exact contours (2-D)."""
+    """Density heat map with the scheme's current J (streamlines) and exact contours: the
+    (θ, v) plane in 2-D; in 4-D the marginals on the (θ₁, v₁), (θ₂, v₂) and (θ₁, θ₂) planes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..animate import axis_labels
     from ..io import atomic_replace
-    from ..plots import density_current
+    from ..plots import density_current, plane_marginal
     g = problem.grid
-    fig, ax = plt.subplots(figsize=(5, 4))
-    art = density_current(g.centers[0], g.centers[1], p, current=problem.op.current(p),
-                          ax=ax, mask_below=1e-3)
-    ax.contour(g.centers[0], g.centers[1], exact.T, levels=6, colors="k", linewidths=0.6)
-    fig.colorbar(art["mesh"], ax=ax, label="p (solver); contours: exact; lines: J")
+    d = g.ndim // 2
+    planes = [(0, 1)] if d == 1 else [(0, 2), (1, 3), (0, 1)]
+    current = problem.op.current(p)
+    _, names = axis_labels(d)
+    fig, axes = plt.subplots(1, len(planes), figsize=(5 * len(planes), 4), squeeze=False,
+                             layout="constrained")
+    for ax, plane in zip(axes[0], planes):
+        rest = float(np.prod([h for k, h in enumerate(g.spacing) if k not in plane]))
+        x, y = (g.centers[k] for k in plane)
+        art = density_current(x, y, plane_marginal(p, plane, rest),
+                              current=[plane_marginal(current[k], plane, rest) for k in plane],
+                              ax=ax, mask_below=1e-3, labels=[names[k] for k in plane])
+        ax.contour(x, y, plane_marginal(exact, plane, rest).T, levels=6, colors="k",
+                   linewidths=0.6)
+        fig.colorbar(art["mesh"], ax=ax, label=("p (solver)" if d == 1 else "marginal p")
+                     + "; contours: exact; lines: J")
     with atomic_replace(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -87,8 +103,14 @@ def run(args):
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     summary_path = out / "summary.json"
-    if summary_path.exists() and not (args.force or args.resume):
-        raise UserError(f"{summary_path} exists; pass --force to overwrite")
+    ckpt = out / "checkpoint.npz"
+    had_ckpt = ckpt.exists()
+    if summary_path.exists() and not args.force:
+        if not args.resume:
+            raise UserError(f"{summary_path} exists; pass --force to overwrite")
+        if not had_ckpt:
+            raise UserError(f"nothing to resume: {out} holds a finished run and no "
+                            "checkpoint.npz; pass --force to overwrite it")
     if args.cells is not None and args.cells < 8:
         raise GridError(f"--cells must be >= 8, got {args.cells}")
     problem = setup_problem(case, cells=args.cells)
@@ -98,8 +120,6 @@ def run(args):
         densities["initial"] = problem.initial[1]
     resolution, thinnest = min((cells_per_sigma(grid, c), k) for k, c in densities.items())
     key = _fingerprint(case, grid)
-    ckpt = out / "checkpoint.npz"
-    had_ckpt = ckpt.exists()
     try:
         if problem.t_final is None:
             resume = (load_stationary_checkpoint(ckpt, key) if (args.resume and had_ckpt)
@@ -141,7 +161,7 @@ def run(args):
     summary = {
         "case": case.name, "cells": list(grid.shape), "solver": solver,
         "scheme": op.describe(),
-        "t_final": problem.t_final, "wall_time_s": None, **errors,
+        "t_final": problem.t_final, "t": result.t, "wall_time_s": None, **errors,
         "status": result.status, "message": result.message, "residual": result.residual,
         "residual_rel": result.residual_rel, "n_steps": result.n_steps,
         "n_iter": result.n_iter, "n_rhs": result.n_rhs, "dt": result.dt,
@@ -153,7 +173,7 @@ def run(args):
     centers = {f"centers_{k}": c for k, c in enumerate(grid.centers)}
     t_out = math.inf if result.t is None else result.t
     atomic_savez(out / "density.npz", p=result.p, t=np.float64(t_out), **centers)
-    if grid.ndim == 2 and not args.no_figure:
+    if not args.no_figure:
         _figure(out / "density.png", problem, result.p, exact)
     summary["wall_time_s"] = time.perf_counter() - start
     atomic_write_json(summary_path, summary)

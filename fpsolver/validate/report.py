@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, usual_permissions
 from . import checks, common, convergence, current, diffusion, fipy_compare, modified_loss, \
     montecarlo
 
@@ -55,6 +55,7 @@ def build_report(out, quick=False, sections=None, bounds=None, log=print):
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    usual_permissions(tmp, directory=True)
     try:
         figdir = tmp / "figures"
         figdir.mkdir()
