@@ -4,7 +4,7 @@ stationary state, with its probability current, marginals and a clock in SGD ste
 A :class:`Movie` holds the frames as data (density and current on one 2-D plane of phase
 space, at times t_j); :func:`exact_movie` fills it from the exact Gaussian transient
 N(e^{−At}z₀, P(t)) and :func:`solver_movie` from the finite-volume solver's snapshots.
-:func:`render` draws the frames and writes MP4 through ffmpeg (when it is on the PATH) or
+:func:`render` draws the frames and writes MP4 through ffmpeg (on the PATH or imageio-ffmpeg's) or
 GIF through Pillow. For 4-D phase space the plane's marginal density and current are shown.
 """
 
@@ -265,9 +265,23 @@ class _Renderer:
         return np.asarray(self.fig.canvas.buffer_rgba())[..., :3].copy()
 
 
+def ffmpeg_executable():
+    """An ``ffmpeg`` program: the one on the PATH, else imageio-ffmpeg's bundled binary
+    (a dependency), else None."""
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+
+
 def ffmpeg_available():
-    """Whether an ``ffmpeg`` executable is on the PATH."""
-    return shutil.which("ffmpeg") is not None
+    """Whether an ``ffmpeg`` program can be run (:func:`ffmpeg_executable`)."""
+    return ffmpeg_executable() is not None
 
 
 def output_format(path):
@@ -322,7 +336,10 @@ def _write_gif(frames, path, fps):
 def _write_mp4(fig, frames, path, fps):
     from matplotlib.animation import FFMpegWriter
 
-    writer = FFMpegWriter(fps=fps, extra_args=["-pix_fmt", "yuv420p", "-f", "mp4"])
-    with writer.saving(fig, str(path), dpi=fig.dpi):
-        for _ in frames:  # each frame is drawn on the figure the writer grabs
-            writer.grab_frame()
+    import matplotlib
+
+    with matplotlib.rc_context({"animation.ffmpeg_path": ffmpeg_executable()}):
+        writer = FFMpegWriter(fps=fps, extra_args=["-pix_fmt", "yuv420p", "-f", "mp4"])
+        with writer.saving(fig, str(path), dpi=fig.dpi):
+            for _ in frames:  # each frame is drawn on the figure the writer grabs
+                writer.grab_frame()

@@ -10,9 +10,9 @@ def add_parser(subparsers):
                     "(run.initial_mean, or θ displaced by 2.5 stationary standard deviations) "
                     "to the stationary state: heat map with streamlines of the probability "
                     "current J, the two marginals against the exact Gaussian, and a clock in "
-                    "SGD steps k = t/η. MP4 through ffmpeg when it is on the PATH, otherwise "
-                    "GIF through Pillow (an .mp4 request then writes FILE.gif). 4-D cases show "
-                    "the marginal on the plane chosen with --plane.")
+                    "SGD steps k = t/η. FILE.mp4 through ffmpeg (the one on the PATH, else "
+                    "imageio-ffmpeg's; with neither, FILE.gif instead), FILE.gif through "
+                    "Pillow. 4-D cases show the marginal on the plane chosen with --plane.")
     add_case_argument(p, optional=True)
     p.add_argument("--out", required=True, help="output file, .gif or .mp4")
     p.add_argument("--frames", type=int, default=60, help="number of frames (default 60, >= 2)")
@@ -85,7 +85,7 @@ def run(args):
                                      progress=not args.quiet)
     path, writer = animate.render(movie, args.out, args.fps, size, progress=not args.quiet)
     how = "MP4 through ffmpeg" if writer == "ffmpeg" else "GIF through Pillow"
-    note = " (ffmpeg is not on the PATH)" if path.suffix != Path(args.out).suffix.lower() else ""
+    note = " (no ffmpeg found)" if path.suffix != Path(args.out).suffix.lower() else ""
     print(f"wrote {path}: {movie.n_frames} frames, {size[0]}x{size[1]} px, {how}{note}; "
           f"density from the {movie.source}, k = 0 to {movie.steps[-1]:.0f} steps")
     return 0
