@@ -30,10 +30,12 @@ def density_errors(p, exact, grid):
             "min_density_rel": float(p.min() / p.max())}
 
 
+@np.errstate(under="ignore")  # squares of far-tail currents ~1e-300 flush to zero
 def current_errors(op, p, model, mean, cov):
-    """Relative L1 errors ∫|J_k − J_k,exact|/∫|J_k,exact| per phase-space axis k, J from the
-    scheme's face fluxes; ``current_l1_rel_error`` is the largest over the axes (axes with
-    an identically zero exact current, none here, would be skipped)."""
+    """Relative L1 error of the probability current, ∫|J − J_exact| / ∫|J_exact| with |·| the
+    Euclidean length of the (cell-centred) vector (DESIGN.md), J from the scheme's face
+    fluxes; also per phase-space axis k, ∫|J_k − J_k,exact| / ∫|J_k,exact| (axes with an
+    identically zero exact current, none here, would be skipped)."""
     j = op.current(p)
     exact = np.moveaxis(theory.gaussian_current(model, mean, cov, op.grid.mesh()), -1, 0)
     per_axis = []
@@ -41,7 +43,9 @@ def current_errors(op, p, model, mean, cov):
         norm = np.abs(exact[k]).sum()
         if norm > 0:
             per_axis.append(float(np.abs(j[k] - exact[k]).sum() / norm))
-    return {"current_l1_rel_error": max(per_axis), "current_l1_rel_error_per_axis": per_axis}
+    total = float(np.sqrt(((j - exact) ** 2).sum(axis=0)).sum()
+                  / np.sqrt((exact ** 2).sum(axis=0)).sum())
+    return {"current_l1_rel_error": total, "current_l1_rel_error_per_axis": per_axis}
 
 
 def observed_orders(cells, errors):
