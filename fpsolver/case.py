@@ -181,7 +181,7 @@ def _vector(value, key, length=None, kind=float):
         raise CaseError(f"{key} must be a non-empty list of numbers, got {value!r}")
     out = tuple(check_scalar(v, kind, f"{key}[{i}]") for i, v in enumerate(value))
     if length is not None and len(out) != length:
-        raise CaseError(f"{key} must have {length} entries, got {len(out)}")
+        raise CaseError(f"{key} must have {_entries(length)}, got {len(out)}")
     return out
 
 
@@ -201,6 +201,11 @@ def check_table(data, key):
     if not isinstance(data, dict):
         raise CaseError(f"[{key}] must be a table, got {type(data).__name__}")
     return dict(data)
+
+
+def _entries(n):
+    """"1 entry", "2 entries" (for error messages)."""
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
 def take_keys(table, section, spec, required=()):
@@ -285,7 +290,7 @@ def _parse_linear_regression(data):
     if config.rotation_angle and (has_cov or d != 2):
         raise CaseError(f"{key}.rotation_angle applies only to d = 2 feature_eigenvalues")
     if config.true_weights is not None and len(config.true_weights) != d:
-        raise CaseError(f"{key}.true_weights must have {d} entries, got {len(config.true_weights)}")
+        raise CaseError(f"{key}.true_weights must have {_entries(d)}, got {len(config.true_weights)}")
     if config.n_samples < 2:
         raise CaseError(f"{key}.n_samples must be >= 2, got {config.n_samples}")
     return config
@@ -303,7 +308,7 @@ def _parse_loss(data):
         if loss.linear_regression is not None:
             raise CaseError("loss.minimum is set by the data for [loss.linear_regression]")
         if len(loss.minimum) != loss.dim:
-            raise CaseError(f"loss.minimum must have {loss.dim} entries, got {len(loss.minimum)}")
+            raise CaseError(f"loss.minimum must have {_entries(loss.dim)}, got {len(loss.minimum)}")
     return loss
 
 
