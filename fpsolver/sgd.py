@@ -302,8 +302,9 @@ def build_model(case):
     return model
 
 
-# smallest over largest eigenvalue of the stationary covariance below which a direction of
-# phase space has no fluctuations (Σ = 0 on it: the stationary density is degenerate)
+# smallest eigenvalue of the stationary correlation matrix (P scaled to unit diagonal, so θ
+# and v units do not matter) below which a direction of phase space has no fluctuations
+# (Σ = 0 on it: the stationary density is degenerate)
 DEGENERATE = 1e-12
 
 
@@ -311,11 +312,14 @@ def _check_fluctuating(model):
     """Refuse noise that leaves the stationary density degenerate (zero noise had the
     theory fail on a singular matrix and the solver blame grid.bounds)."""
     from .theory import stationary_cov
-    ev = np.linalg.eigvalsh(stationary_cov(model))
+    cov = stationary_cov(model)
+    var = np.diag(cov)
+    corr = cov / np.sqrt(np.outer(var, var)) if np.all(var > 0) else cov
+    ev = np.linalg.eigvalsh(corr)
     if not ev[0] > DEGENERATE * ev[-1]:
         key = {"matrix": "noise.matrix", "exact": "loss.linear_regression",
                "proportional": "noise.sigma2 and loss.hessian (Σ = σ²H)"}.get(
                    model.noise_model, "noise.sigma2")
         raise CaseError(f"the gradient noise leaves a direction without fluctuations "
-                        f"(stationary covariance eigenvalues {ev[0]:.3g} to {ev[-1]:.3g}): "
+                        f"(stationary correlation eigenvalues {ev[0]:.3g} to {ev[-1]:.3g}): "
                         f"the stationary density is degenerate; check {key}")

@@ -20,10 +20,23 @@ from .errors import UserError
 # ------------------------------------------------------------------ level 1: continuous
 
 
+def lyapunov(a, q, discrete=False):
+    """P (n, n) with aP + Paᵀ = q, or with ``discrete`` aPaᵀ − P + q = 0, solved in the
+    units in which a is balanced (scipy's matrix_balance, diagonal scales s: a → S⁻¹aS,
+    q → S⁻¹qS⁻¹, P = S P' S). θ and v may differ by many orders: at η = 1e-8, h = 1e6 the
+    unbalanced continuous solve returned P_vv = 1.4 and a negative P_θθ (exact: 1.6e5 and
+    1.6e-9) with a relative residual of 1e-14."""
+    _, (scale, _) = sla.matrix_balance(a, permute=False, separate=True)
+    outer = np.outer(scale, scale)
+    ab = a / scale[:, None] * scale[None, :]
+    solve = sla.solve_discrete_lyapunov if discrete else sla.solve_continuous_lyapunov
+    p = solve(ab, q / outer) * outer
+    return (p + p.T) / 2
+
+
 def stationary_cov(model):
     """Continuous stationary covariance P (2d, 2d): AP + PAᵀ = 2D."""
-    p = sla.solve_continuous_lyapunov(model.drift, 2 * model.diffusion)
-    return (p + p.T) / 2
+    return lyapunov(model.drift, 2 * model.diffusion)
 
 
 def stationary_cov_closed_form(model):
@@ -273,8 +286,7 @@ def _to_phase_space(model, cov_state, convention):
 
 def _discrete_state_cov(model):
     f, g, q = discrete_matrices(model)
-    p = sla.solve_discrete_lyapunov(f, g @ q @ g.T)
-    return (p + p.T) / 2
+    return lyapunov(f, g @ q @ g.T, discrete=True)
 
 
 def discrete_stationary_cov(model, convention="recorded"):
@@ -322,11 +334,10 @@ def exact_stationary_cov(model, convention="recorded", rtol=1e-13, max_iter=2000
     fourth = _fourth_moment_map(model)
     c = np.array([[h.lr ** 2, -h.lr], [-h.lr, 1.0]])  # Δ_i = [−η; 1] ⊗ a_i acting on θ
     base = g @ q @ g.T
-    p = sla.solve_discrete_lyapunov(f, base)
+    p = lyapunov(f, base, discrete=True)
     for _ in range(max_iter):
         source = base + np.kron(c, fourth(p[:d, :d])) / h.batch_size
-        new = sla.solve_discrete_lyapunov(f, source)
-        new = (new + new.T) / 2
+        new = lyapunov(f, source, discrete=True)
         if not np.all(np.isfinite(new)) or np.linalg.norm(new) > 1e12 * np.linalg.norm(base):
             break
         if np.linalg.norm(new - p) <= rtol * np.linalg.norm(new):

@@ -242,6 +242,20 @@ def test_level2_over_level1_is_r_d_per_mode(hyper):
         np.testing.assert_allclose(ratio, r, rtol=1e-10)
 
 
+def test_lyapunov_solves_stay_accurate_when_theta_and_v_scales_differ():
+    """η = 1e-8, h = 1e6 (ηh = 0.01, a well-posed case): P_θθ and P_vv 14 orders apart.
+    The balanced solves give the closed form (level 1) and r_d·level 1 (level 2); unbalanced,
+    P_vv came out 1.4 against 1.6e5 and P_θθ negative."""
+    model = PhaseSpaceModel.from_arrays(np.array([[1e6]]), np.array([[0.25e6]]), lr=1e-8,
+                                        momentum=0.9, weight_decay=0.0, batch_size=8)
+    p1, closed = th.stationary_cov(model), th.stationary_cov_closed_form(model)
+    scale = np.sqrt(np.outer(np.diag(closed), np.diag(closed)))
+    np.testing.assert_allclose(p1 / scale, closed / scale, rtol=0, atol=1e-12)
+    p2 = th.discrete_stationary_cov(model)
+    np.testing.assert_allclose(np.diag(p2), th.discrete_ratio(model)[0] * np.diag(closed),
+                               rtol=1e-10)
+
+
 def test_midpoint_convention_has_no_cross_term(model13):
     pm = th.discrete_stationary_cov(model13, "midpoint")
     assert np.abs(pm[:2, 2:] + pm[2:, :2].T).max() < 1e-15
