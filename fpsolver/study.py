@@ -214,11 +214,12 @@ FIGURES = {"buffer": buffer_figure, "exponents": exponent_figure,
 def study_figures(table, out):
     """Draw every figure the table supports into ``out/figures/NAME.png``; returns the paths."""
     plt = _pyplot()
-    wanted = ["buffer", "continuous_ratio"]
-    if "delta_k" in table.columns and len(_ok(table)):
-        wanted += ["exponents", "diffusion_grid"]
-    if not len(_ok(table)):
+    rows = _ok(table)
+    if not len(rows) or not swept_axes(rows):  # nothing varies among the finished points
         return []
+    wanted = ["buffer", "continuous_ratio"]
+    if "delta_k" in table.columns:
+        wanted += ["exponents", "diffusion_grid"]
     paths = []
     for name in wanted:
         fig = FIGURES[name](table)

@@ -36,6 +36,7 @@ levels = [1, 2, 3]
 [base.sgd]
 lr = 0.03
 momentum = 0.9
+weight_decay = 0.0
 batch_size = 16
 [base.loss.linear_regression]
 n_samples = 400
@@ -408,3 +409,18 @@ def test_cli_sweep_rejects_bad_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fpsolver: error: unknown key axes.batchsize") and "\n" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_sweep_where_every_point_fails_is_an_error(tmp_path, capsys):
+    """Two unstable learning rates (η h = 5, 6 > 2(1 + β)): both rows fail, and the command
+    says so in one line with a non-zero status instead of reporting success."""
+    from fpsolver.cli import main
+
+    bad = tmp_path / "unstable.toml"
+    bad.write_text(SWEEP_TOML.replace("lr = [0.005, 0.02, 0.08]\nbatch_size = [16, 64]",
+                                      "lr = [5.0, 6.0]"))
+    out = tmp_path / "o"
+    assert main(["sweep", str(bad), "--out", str(out), "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("fpsolver: error: no sweep point finished (2 failed); their errors are "
+                   f"in {out}/results.csv")

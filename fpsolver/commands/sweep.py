@@ -24,6 +24,7 @@ def add_parser(subparsers):
 
 
 def run(args):
+    from ..errors import UserError
     from ..study import study_figures
     from ..sweep import load_sweep, run_sweep
 
@@ -33,7 +34,13 @@ def run(args):
     counts = table["status"].value_counts().to_dict()
     print(f"results: {args.out}/results.parquet, {args.out}/results.csv ("
           + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")")
+    if not counts.get("ok"):
+        raise UserError(f"no sweep point finished ({len(table)} failed); their errors are in "
+                        f"{args.out}/results.csv")
     if not args.no_figures:
-        for path in study_figures(table, args.out):
+        paths = study_figures(table, args.out)
+        for path in paths:
             print(f"figure: {path}")
+        if not paths:
+            print("no figures: no swept value changes among the finished points")
     return 0
