@@ -27,6 +27,10 @@ from .errors import CaseError
 from .sgd import Hyperparameters
 
 NOISE_MODELS = ("proportional", "isotropic", "matrix", "exact")
+# loosest run.steady_tol (‖Lp‖₁/rate_max at which a run counts as stationary): at 1e-6 a
+# transient stops 1.6e-4 (L1) short of the stationary density on the default 64² grid,
+# well below that grid's 3.8e-3 discretisation error; at 1e-4, 1.4e-2
+MAX_STEADY_TOL = 1e-6
 # grid.cells per axis when absent: 128² in 2-D; 128⁴ would be 2.7e8 cells (about 75 GB for
 # a stationary solve: the run was killed for memory), 32⁴ solves in 8 s (48⁴: 55 s)
 DEFAULT_CELLS_2D = 128
@@ -364,6 +368,10 @@ def _parse_run(data, dim):
     run = RunConfig(**values)
     if not 0 < run.safety <= 1:
         raise CaseError(f"run.safety must be in (0, 1], got {run.safety}")
+    if run.steady_tol > MAX_STEADY_TOL:
+        raise CaseError(f"run.steady_tol must be <= {MAX_STEADY_TOL:g} (a looser stop is not "
+                        f"stationary: 1e-4 left the default case 1.4e-2 from it in L1), got "
+                        f"{run.steady_tol:g}")
     return run
 
 
@@ -371,7 +379,11 @@ def _parse_simulate(data):
     spec = {"chains": positive(int), "steps": positive(int),
             "burn_in": positive(int, allow_zero=True), "seed": number(int),
             "batches": one_of(BATCH_SAMPLING), "record_every": positive(int)}
-    return SimulateConfig(**take_keys(check_table(data, "simulate"), "simulate", spec))
+    config = SimulateConfig(**take_keys(check_table(data, "simulate"), "simulate", spec))
+    if config.chains < 2:
+        raise CaseError(f"simulate.chains must be >= 2 (standard errors come from the spread "
+                        f"across chains), got {config.chains}")
+    return config
 
 
 def case_from_dict(data):
@@ -417,9 +429,12 @@ def read_toml(path, what="case file"):
     """The dictionary of a TOML file, ``name`` defaulting to the file's stem; one-line errors."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CaseError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise CaseError(f"{path} is not a UTF-8 text file (TOML): byte {exc.start} "
+                        f"is {exc.object[exc.start:exc.start + 1]!r}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

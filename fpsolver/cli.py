@@ -41,6 +41,14 @@ def main(argv=None):
     except UserError as exc:
         print(f"fpsolver: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an unwritable --out, a full disk: one line, not a traceback
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"fpsolver: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"fpsolver: error: out of memory ({exc or 'no detail'}): use a smaller problem",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fpsolver: interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,23 @@ from pathlib import Path
 import numpy as np
 
 
+def make_output_folder(out, option="--out"):
+    """Create the output folder ``out`` (and its parents) before any work, so that an
+    unusable --out is a one-line error now, not a traceback after a long solve."""
+    from .errors import UserError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{option} {out} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {out} is not writable")
+    return out
+
+
 def usual_permissions(path, directory=False):
     """Give ``path`` the mode a plain ``open``/``mkdir`` would (0666/0777 less the umask):
     mkstemp and mkdtemp create private (0600/0700) temporaries, and a rename keeps that."""
@@ -73,9 +90,9 @@ def atomic_savez(path, **arrays):
         np.savez_compressed(fh, **arrays)
 
 
-def read_checkpoint(path, key):
+def read_checkpoint(path, key, fields=()):
     """Arrays of the npz checkpoint ``path`` as a dict, refusing one written for another
-    problem (its stored ``key`` differs from ``key``)."""
+    problem (its stored ``key`` differs from ``key``) or lacking any of ``fields``."""
     from .errors import UserError
     try:
         with np.load(path) as f:
@@ -84,4 +101,8 @@ def read_checkpoint(path, key):
         raise UserError(f"cannot read checkpoint {path}: {exc}") from None
     if str(data.get("key")) != str(key):
         raise UserError(f"checkpoint {path} belongs to another case/grid; rerun without --resume")
+    missing = [name for name in fields if name not in data]
+    if missing:
+        raise UserError(f"checkpoint {path} is incomplete (no {', '.join(missing)}); rerun "
+                        "without --resume")
     return data

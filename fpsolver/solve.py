@@ -231,7 +231,7 @@ class CheckpointTracker(Tracker):
 
 def load_checkpoint(path, key):
     """(p, step, n_steps, dt) from a checkpoint written for the problem ``key``."""
-    data = read_checkpoint(path, key)
+    data = read_checkpoint(path, key, ("p", "step", "n_steps", "dt"))
     return data["p"].ravel().copy(), int(data["step"]), int(data["n_steps"]), float(data["dt"])
 
 
@@ -350,9 +350,21 @@ def plan_steps(op, p0, t_final, scheme="auto", dt=None, safety=0.8):
         if scheme == "implicit" and dt is None:
             dt = safety * step
     if scheme == "implicit":
-        return (scheme, *implicit_step_size(op, t_final, dt, safety, p0))
-    return (scheme, *step_size(op, t_final, dt, safety))
+        plan = (scheme, *implicit_step_size(op, t_final, dt, safety, p0))
+    else:
+        plan = (scheme, *step_size(op, t_final, dt, safety))
+    if plan[2] > MAX_STEPS:
+        fix = ("a longer run.dt" if dt is not None else
+               "a shorter run.t_final or fewer cells" + ("" if plan[0] == "implicit" else
+                                                          ', or run.scheme = "implicit"'))
+        raise UserError(f"the run would take {plan[2]:.3g} {plan[0]} steps of {plan[1]:.3g} "
+                        f"(more than {MAX_STEPS:.0e}): use {fix}")
+    return plan
 
+
+# most time steps a run may plan: beyond, the run is a mistake (run.dt = 1e-300 planned
+# 1e300) or would take days (1e8 explicit steps take about an hour even on a 64² grid)
+MAX_STEPS = 10 ** 8
 
 KRYLOV_RTOL = 1e-6  # GMRES relative residual of each 4-D stage solve (1e-9: same L1 to 1e-7)
 KRYLOV_LOW_RTOL = 1e-10  # ... of the low-order solve, whose residual is the positivity error
@@ -638,6 +650,25 @@ def _check_representable(cov0, grid):
                         + (" or grid.cells" if grid.ndim == 2 else ""))
 
 
+# a stationary Gaussian thinner than this many cells per standard deviation (thinnest
+# direction) is refused: its cell averages sit in one or two cells, the current is lost
+# (grid.bounds of ±1000 with 32 cells gave 3e-4) and errors are of order one; 4-D runs at
+# 0.7-1 cells per sd are coarse but sound (L1 0.1-0.3, warned)
+MIN_CELLS_PER_SD = 0.25
+
+
+def _check_resolved(cov_ss, grid):
+    """Refuse a grid on which the stationary density is thinner than MIN_CELLS_PER_SD cells."""
+    from . import theory
+    s = theory.sd_in_cells(cov_ss, grid.spacing)
+    if s < MIN_CELLS_PER_SD:
+        raise GridError(f"the stationary density's thinnest standard deviation spans {s:.2g} "
+                        f"cells (< {MIN_CELLS_PER_SD:g}): this grid cannot represent it; use "
+                        f"more cells or narrower grid.bounds (about "
+                        f"{math.ceil(max(grid.shape) * 2 / s)} cells per axis give 2 cells "
+                        "per standard deviation)")
+
+
 @np.errstate(under="ignore")  # far-tail cell averages flush to zero
 def setup_problem(case, model=None, cells=None):
     """Problem for ``case``: grid sized from the stationary covariance (and the initial
@@ -664,6 +695,7 @@ def setup_problem(case, model=None, cells=None):
     path = None if initial is None else theory.transient_path(model, *initial, run.t_final)
     grid = sized_grid(cells, stat, width=case.grid.width or 6.0, bounds=case.grid.bounds,
                       initial=initial, force=case.grid.force, path=path)
+    _check_resolved(cov_ss, grid)
     op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
     p0 = None
     if initial is not None:

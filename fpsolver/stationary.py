@@ -65,7 +65,7 @@ class StationaryCheckpoint:
 def load_stationary_checkpoint(path, key):
     """(p, shape, steps) from a checkpoint that :class:`StationaryCheckpoint` wrote for the
     problem ``key``."""
-    data = read_checkpoint(path, key)
+    data = read_checkpoint(path, key, ("p", "shape", "steps"))
     if str(data.get("kind")) != "stationary":
         raise UserError(f"checkpoint {path} is not from a stationary solve; rerun without "
                         "--resume")

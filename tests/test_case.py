@@ -89,6 +89,8 @@ def test_cases_are_frozen():
     ("grid.cells", 4, "grid.cells must be >= 8"),
     ("grid.cells", [64, 64, 64], "grid.cells must have 1 or 4 entries"),
     ("run.t_final", 0.0, "run.t_final must be > 0"),
+    ("run.steady_tol", 1e-3, "run.steady_tol must be <= 1e-06"),
+    ("simulate.chains", 1, "simulate.chains must be >= 2"),
     ("run.initial_mean", [0.1, 0.2], "run.initial_mean must have 4 entries"),
 ])
 def test_bad_input_names_the_key(path, value, message):

@@ -77,6 +77,10 @@ def test_stationary_run_writes_the_contract(tmp_path):
     ({"width": 3.0}, "cuts off"),
     ({"run": "t_final = 0.0"}, "t_final"),
     ({"run": TRANSIENT + "\ndt = 1.0"}, "run.dt"),
+    ({"run": TRANSIENT + "\ndt = 1e-300"}, "3e+299 explicit steps of 1e-300"),
+    ({"run": "steady_tol = 0.01"}, "run.steady_tol must be <= 1e-06"),
+    ({"width": "6.0\nbounds = [[-1000.0, 1000.0], [-1000.0, 1000.0]]"},
+     "stationary density's thinnest standard deviation spans 0.0011 cells (< 0.25)"),
 ])
 def test_bad_input_one_line_and_no_outputs(tmp_path, capsys, kwargs, message):
     out = tmp_path / "out"
@@ -116,6 +120,37 @@ def test_transient_reports_and_warns_about_the_initial_density_resolution(tmp_pa
     err = capsys.readouterr().err
     assert expected < 2 and "warning: the initial density" in err
     assert f"--cells {int(np.ceil(16 * 2 / expected))} " in err
+    # and the measured error, above 1e-2, with the cells a second-order scheme needs for it
+    l1 = s["l1_error"]
+    assert l1 > 1e-2 and (f"warning: the L1 error against the exact Gaussian is {l1:.3g} "
+                          f"(> 0.01): the grid is too coarse for this density (second order: "
+                          f"about --cells {int(np.ceil(16 * np.sqrt(l1 / 1e-2)))} or more") in err
+
+
+def test_unusable_out_and_options_fail_before_any_work(tmp_path, capsys):
+    """--out below a file, a non-positive checkpoint interval, a case file that is not text,
+    a checkpoint without its step counters: one line each, exit status 2."""
+    (tmp_path / "file").write_text("")
+    path = _case(tmp_path)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x00\x01\xff\xfe")
+    for argv, message in (
+            ([path, "--out", str(tmp_path / "file" / "sub")], "cannot be created"),
+            ([path, "--out", str(tmp_path / "o"), "--checkpoint-every", "0"],
+             "--checkpoint-every must be > 0"),
+            ([str(binary), "--out", str(tmp_path / "o")], "is not a UTF-8 text file")):
+        assert main(["run", *argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("fpsolver: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+    # a checkpoint of this problem that lacks its counters
+    tpath = _case(tmp_path, run=TRANSIENT)
+    case = load_case(tpath)
+    key = _fingerprint(case, setup_problem(case).grid)
+    (tmp_path / "r").mkdir()
+    np.savez(tmp_path / "r" / "checkpoint.npz", key=key, p=np.zeros(4))
+    assert main(["run", tpath, "--out", str(tmp_path / "r"), "--resume", "--no-progress"]) == 2
+    assert "is incomplete (no step, n_steps, dt)" in capsys.readouterr().err
 
 
 def test_transient_stops_once_it_is_stationary(tmp_path):

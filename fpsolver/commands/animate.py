@@ -72,11 +72,13 @@ def run(args):
     from pathlib import Path
 
     from .. import animate
+    from ..io import make_output_folder
     from ..sgd import build_model
 
     case = case_from_args(args)
     plane, size = check_options(args, case.dim)
     model = build_model(case)
+    make_output_folder(Path(args.out).parent, option="--out's folder")
     t_final = args.t_final if args.t_final is not None else case.run.t_final
     if args.source == "exact":
         movie = animate.exact_movie(case, model, args.frames, plane, t_final, args.cells)

@@ -69,10 +69,7 @@ def simulation_summary(case, model, result, comparison):
 
 
 def run(args):
-    from pathlib import Path
-
-    from ..errors import UserError
-    from ..io import atomic_savez, atomic_write_json
+    from ..io import atomic_savez, atomic_write_json, make_output_folder
     from ..sgd import build_model
     from ..simulate import compare, simulate_sgd, theory_levels
 
@@ -82,10 +79,8 @@ def run(args):
         case = case.replace(simulate=overrides)
     model = build_model(case)
     cfg = case.simulate
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
     levels = theory_levels(model)  # before any work: level 3 may report divergence
+    out = make_output_folder(args.out)
     result = simulate_sgd(model, cfg.chains, cfg.steps, burn_in=cfg.burn_in, seed=cfg.seed,
                           batches=cfg.batches, record_every=cfg.record_every,
                           progress=not args.quiet)

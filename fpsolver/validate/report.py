@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text, usual_permissions
+from ..io import atomic_write_json, atomic_write_text, make_output_folder, usual_permissions
 from . import checks, common, convergence, current, diffusion, fipy_compare, modified_loss, \
     montecarlo
 
@@ -52,7 +52,7 @@ def build_report(out, quick=False, sections=None, bounds=None, log=print):
     sections = tuple(SECTIONS) if sections is None else sections
     bounds = bounds or {}
     plan = common.plan(quick)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out.parent, option="--out's folder")
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     usual_permissions(tmp, directory=True)
