@@ -634,20 +634,37 @@ def _check_memory(cells):
 # Gauss points the grid allows (4-D, 2 points for 8: L1 error 2.5e-2 at s = 0.25 cells
 # per sd; at 2 for 4, 3e-3: runs at s = 0.5-1 are under-resolved, warned, but sound)
 QUADRATURE_SLACK = 4
+# a start this many stationary standard deviations out stretches the box enough to be named
+# as the cause when its density is too thin for the grid
+FAR_START_SD = 20.0
 
 
-def _check_representable(cov0, grid):
+def _far_start(initial, stationary):
+    """", or start nearer: …" when the initial mean lies more than FAR_START_SD stationary
+    standard deviations out (the box spans both, so its cells are coarse); else ""."""
+    if initial is None:
+        return ""
+    far = np.max(np.abs(initial[0] - stationary[0]) / np.sqrt(np.diag(stationary[1])))
+    if far <= FAR_START_SD:
+        return ""
+    return (f", or start nearer: run.initial_mean is {far:.3g} stationary standard "
+            "deviations from the stationary mean and the box spans both")
+
+
+def _check_representable(initial, stationary, grid):
     """Refuse an initial Gaussian too thin for its cell averages on this grid
-    (:func:`theory.quadrature_order`; a 4-D start 0.002 cells wide had all-zero averages)."""
+    (:func:`theory.quadrature_order`; a 4-D start 0.002 cells wide had all-zero averages).
+    ``initial``, ``stationary``: (mean, cov) pairs."""
     from . import theory
-    order, needed = theory.quadrature_order(cov0, grid.edges)
+    order, needed = theory.quadrature_order(initial[1], grid.edges)
     if needed > QUADRATURE_SLACK * order:
-        s = theory.sd_in_cells(cov0, grid.spacing)
+        s = theory.sd_in_cells(initial[1], grid.spacing)
         raise GridError(f"the initial density's thinnest standard deviation spans {s:.2g} "
                         f"cells, too thin for its cell averages on this {grid.ndim}-D grid "
                         f"(they need {needed} Gauss points per cell axis, {order} fit "
                         "here): raise run.initial_cov_scale"
-                        + (" or grid.cells" if grid.ndim == 2 else ""))
+                        + (" or grid.cells" if grid.ndim == 2 else "")
+                        + _far_start(initial, stationary))
 
 
 # a stationary Gaussian thinner than this many cells per standard deviation (thinnest
@@ -657,16 +674,16 @@ def _check_representable(cov0, grid):
 MIN_CELLS_PER_SD = 0.25
 
 
-def _check_resolved(cov_ss, grid):
+def _check_resolved(initial, stationary, grid):
     """Refuse a grid on which the stationary density is thinner than MIN_CELLS_PER_SD cells."""
     from . import theory
-    s = theory.sd_in_cells(cov_ss, grid.spacing)
+    s = theory.sd_in_cells(stationary[1], grid.spacing)
     if s < MIN_CELLS_PER_SD:
         raise GridError(f"the stationary density's thinnest standard deviation spans {s:.2g} "
                         f"cells (< {MIN_CELLS_PER_SD:g}): this grid cannot represent it; use "
                         f"more cells or narrower grid.bounds (about "
                         f"{math.ceil(max(grid.shape) * 2 / s)} cells per axis give 2 cells "
-                        "per standard deviation)")
+                        "per standard deviation)" + _far_start(initial, stationary))
 
 
 @np.errstate(under="ignore")  # far-tail cell averages flush to zero
@@ -695,11 +712,11 @@ def setup_problem(case, model=None, cells=None):
     path = None if initial is None else theory.transient_path(model, *initial, run.t_final)
     grid = sized_grid(cells, stat, width=case.grid.width or 6.0, bounds=case.grid.bounds,
                       initial=initial, force=case.grid.force, path=path)
-    _check_resolved(cov_ss, grid)
+    _check_resolved(initial, stat, grid)
     op = FPOperator(grid, model.drift, model.diffusion, model.stationary_mean)
     p0 = None
     if initial is not None:
-        _check_representable(initial[1], grid)
+        _check_representable(initial, stat, grid)
         p0 = theory.gaussian_cell_averages(initial[0], initial[1], grid.edges)
         p0 /= p0.sum() * grid.cell_volume
     return Problem(model, grid, op, p0, run.t_final, initial, stat)

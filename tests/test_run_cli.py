@@ -81,6 +81,8 @@ def test_stationary_run_writes_the_contract(tmp_path):
     ({"run": "steady_tol = 0.01"}, "run.steady_tol must be <= 1e-06"),
     ({"width": "6.0\nbounds = [[-1000.0, 1000.0], [-1000.0, 1000.0]]"},
      "stationary density's thinnest standard deviation spans 0.0011 cells (< 0.25)"),
+    ({"run": "t_final = 1.0\ninitial_mean = [1e4, 0.0]"},
+     "run.initial_mean is 1.14e+05 stationary standard deviations from the stationary mean"),
 ])
 def test_bad_input_one_line_and_no_outputs(tmp_path, capsys, kwargs, message):
     out = tmp_path / "out"
