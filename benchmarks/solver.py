@@ -427,9 +427,12 @@ def _copy_bandwidth():
 
 def _rate_repeated(reps, op, p, res, stream):
     """``reps`` explicit rate evaluations at p into res (``stream``: non-temporal stores)."""
+    import numba
+
     from fpsolver.fv import kernels
+    tasks = numba.get_num_threads()
     for _ in range(reps):
-        kernels.rate_kernel(p, p, False, *op.kernel_args(), stream, res)
+        kernels.rate_kernel(p, p, False, *op.kernel_args(), stream, tasks, res)
 
 
 def _kernel_rates(op, threads, repeats, bound, llc):

@@ -34,12 +34,12 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     op = make()
     p, w = rng.random(op.size), rng.random(op.size) - 0.3
     out = np.empty(op.size)
-    kernels.rate_kernel(p, w, jac, *op.kernel_args(), False, out)
+    kernels.rate_kernel(p, w, jac, *op.kernel_args(), False, 2, out)
     twin = reference.rate(p, w, jac, *op.kernel_args())
     scale = np.abs(twin).max()
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * scale)
-    streamed = np.empty(op.size)  # non-temporal stores: the same numbers
-    kernels.rate_kernel(p, w, jac, *op.kernel_args(), True, streamed)
+    streamed = np.empty(op.size)  # non-temporal stores, other task count: the same numbers
+    kernels.rate_kernel(p, w, jac, *op.kernel_args(), True, 7, streamed)
     np.testing.assert_array_equal(streamed, out)
     flux = np.empty((len(op.shape), op.size))
     kernels.face_flux_kernel(p, w, jac, *op.kernel_args(), flux)
@@ -50,16 +50,17 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
 def test_ssp_rk93_kernel_agrees_with_its_twin(make, rng):
     """The nine SSP-RK(9,3) stages in one kernel call equal its numpy twin stage by stage
-    (round-off of a few rate evaluations), with and without non-temporal stores."""
+    (round-off of a few rate evaluations), with and without non-temporal stores, for any
+    number of parallel tasks."""
     op = make()
     p = rng.random(op.size)
     h = 0.3 / op.max_rate()
     twin = reference.ssp_rk93_step(p, h, 0.6, *op.kernel_args())
     s1, s2, out = (np.empty(op.size) for _ in range(3))
-    kernels.ssp_rk93_kernel(p, h, 0.6, *op.kernel_args(), False, s1, s2, out)
+    kernels.ssp_rk93_kernel(p, h, 0.6, *op.kernel_args(), False, 2, s1, s2, out)
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
     streamed = np.empty(op.size)
-    kernels.ssp_rk93_kernel(p, h, 0.6, *op.kernel_args(), True, s1, s2, streamed)
+    kernels.ssp_rk93_kernel(p, h, 0.6, *op.kernel_args(), True, 5, s1, s2, streamed)
     np.testing.assert_array_equal(streamed, out)
     np.testing.assert_array_equal(op.ssp_rk93_step(p, h, 0.6, s1, s2, np.empty(op.size)), out)
 
@@ -74,7 +75,7 @@ def test_kernels_stay_finite_on_subnormal_tails(jac, rng):
     with np.errstate(under="ignore"):
         p = rng.random(op.size) * 1e-310
         p[rng.random(op.size) < 0.3] = 0.0
-        kernels.rate_kernel(p, p if not jac else w, jac, *op.kernel_args(), False, out)
+        kernels.rate_kernel(p, p if not jac else w, jac, *op.kernel_args(), False, 2, out)
         twin = reference.rate(p, p if not jac else w, jac, *op.kernel_args())
         assert np.all(np.isfinite(out))
         # subnormals keep only a few significant bits: agreement to 1e-3 of the scale

@@ -32,7 +32,6 @@ SLOPE_CAP_BETA = (7.0 ** 0.5 - 1.0) / 2.0  # b/(a + b) beyond which _slope is ca
 # alike): the hardware prefetcher left the kernel latency-bound beyond the cache (2048²,
 # 2 threads: rate 0.91 → 1.02-1.11e9 cells/s, stage 0.66 → 0.95-1.02e9; 64⁴ 0.37 → 0.46e9)
 PREFETCH_AHEAD = 2048
-RATE_TASKS = 16  # parallel tasks of the rate kernel (contiguous ranges of rows)
 LANES = 256  # lines eliminated together by the line solver ...
 MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has this many
 
@@ -273,6 +272,16 @@ def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, c
 
 
 @helper
+def _rows_per_task(n_rows, tasks):
+    """Rows per parallel task for ``tasks`` tasks (callers pass the thread count: one
+    contiguous block per thread; prange schedules statically, so more tasks only repeated
+    the per-task set-up and halo faces: 16 tasks on 2 threads ran 16-34 % slower on 24²-96²
+    grids). The result does not depend on it."""
+    tasks = max(1, min(n_rows, tasks))
+    return (n_rows + tasks - 1) // tasks
+
+
+@helper
 def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif, cross,
                cross_lim, inv_h, stream, out):
     """Rows [task·per, task·per + per) of out = a·x + b·w + c·L(w) (L the scheme's rate,
@@ -320,14 +329,15 @@ def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif
 
 @kernel
 def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h, stream,
-                out):
+                tasks, out):
     """out = −∇·F(w) (flat, N): the scheme's dp/dt at w, or its Jacobian at p times w.
-    RATE_TASKS tasks take contiguous ranges of rows; each face flux is computed once,
+    One task per thread takes a contiguous range of rows; each face flux is computed once,
     except the left faces of a task's first rows along each outer axis. ``stream``:
-    non-temporal stores into out (for grids larger than the cache)."""
+    non-temporal stores into out (for grids larger than the cache); ``tasks``: parallel
+    tasks (:func:`_rows_per_task`)."""
     nl = shape[shape.size - 1]
     n_rows = w.size // nl
-    per = (n_rows + RATE_TASKS - 1) // RATE_TASKS
+    per = _rows_per_task(n_rows, tasks)
     for task in prange((n_rows + per - 1) // per):
         _task_rows(task, per, p, w, jac, 0.0, w, 0.0, 1.0, shape, strides, vel0, velg, dif,
                    cross, cross_lim, inv_h, stream, out)
@@ -343,14 +353,14 @@ SSP93_BLEND_STAGE = 5
 
 @kernel
 def ssp_rk93_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h,
-                    stream, s1, s2, out):
+                    stream, tasks, s1, s2, out):
     """One SSP-RK(9,3) step p → out (flat, N; s1, s2 scratch, none of them p): nine
     forward-Euler stages o = a·s1 + b·(w + h·L(w)), each one pass over the rows, in one
     call (nine calls from Python spent more time in dispatch than in the stages on grids up
-    to ~100²). ``stream``: non-temporal stores (as :func:`rate_kernel`)."""
+    to ~100²). ``stream``, ``tasks``: as :func:`rate_kernel`."""
     nl = shape[shape.size - 1]
     n_rows = p.size // nl
-    per = (n_rows + RATE_TASKS - 1) // RATE_TASKS
+    per = _rows_per_task(n_rows, tasks)
     bufs = (p, s1, s2, out)
     for stage in range(len(SSP93_READS)):
         a = blend if stage == SSP93_BLEND_STAGE else 0.0

@@ -129,9 +129,9 @@ class FPOperator:
         """rate_kernel(p, w, jac) into ``out`` (or a new array), shaped like w."""
         wf = self._flat(w)
         res = np.empty(self.size) if out is None else out.reshape(-1)
-        with threads_for(self.size):
+        with threads_for(self.size) as tasks:
             kernels.rate_kernel(self._flat(p), wf, jac, *self.kernel_args(first_order),
-                                self.stream, res)
+                                self.stream, tasks, res)
         return res.reshape(np.shape(w))
 
     def rate(self, p, out=None):
@@ -141,9 +141,9 @@ class FPOperator:
     def ssp_rk93_step(self, p, h, blend, s1, s2, out):
         """out = one SSP-RK(9,3) step from p with stages of length h (flat; ``s1``, ``s2``
         scratch; :func:`kernels.ssp_rk93_kernel`) in one kernel call."""
-        with threads_for(self.size):
+        with threads_for(self.size, passes=len(kernels.SSP93_READS)) as tasks:
             kernels.ssp_rk93_kernel(self._flat(p), h, blend, *self.kernel_args(), self.stream,
-                                    s1, s2, out)
+                                    tasks, s1, s2, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):

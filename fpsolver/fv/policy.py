@@ -4,9 +4,9 @@ Kernels are compiled once with ``parallel=True`` (``prange`` over cells), ``cach
 (top-level functions with explicit array arguments, so the on-disk cache works), no
 fast-math (NaN checks must keep working) and numpy's error model (a float division by
 zero gives inf/NaN instead of a Python exception check, which keeps loops vectorisable).
-Grids below ``PARALLEL_MIN_CELLS`` cells run on one thread. Rate kernel on an otherwise
-idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128² 27 vs 16 µs, 256² 95 vs
-51 µs, 4-D 64⁴ 107 vs 55 ms. A busy second core turns the second thread into a loss
+Kernel calls below ``PARALLEL_MIN_CELLS`` cell updates run on one thread. Rate kernel on
+an otherwise idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128² 27 vs 16 µs,
+256² 95 vs 51 µs, 4-D 64⁴ 107 vs 55 ms. A busy second core turns the second thread into a loss
 (OpenMP threads wait for each other), so sweep workers run with NUMBA_NUM_THREADS=1.
 """
 
@@ -32,22 +32,25 @@ subroutine = numba.njit(cache=True, fastmath=False, nogil=True, error_model="num
 
 @contextlib.contextmanager
 def num_threads(n=None):
-    """Run the enclosed numba kernels on ``n`` threads (None: all of NUMBA_NUM_THREADS)."""
+    """Run the enclosed numba kernels on ``n`` threads (None: all of NUMBA_NUM_THREADS);
+    yields that number (the kernels' ``tasks``)."""
     old = numba.get_num_threads()
     want = numba.config.NUMBA_NUM_THREADS if n is None else n
     if want == old:  # the common case inside a run: skip two thread-pool calls
-        yield
+        yield want
         return
     numba.set_num_threads(want)
     try:
-        yield
+        yield want
     finally:
         numba.set_num_threads(old)
 
 
-def threads_for(n_cells):
-    """Context: one thread below PARALLEL_MIN_CELLS cells, else all."""
-    return num_threads(1 if n_cells < PARALLEL_MIN_CELLS else None)
+def threads_for(n_cells, passes=1):
+    """Context: one thread below PARALLEL_MIN_CELLS cell updates per kernel call (``passes``
+    sweeps over ``n_cells``), else all; yields the count. One rate evaluation from Python
+    broke even at 2304-4096 cells; the nine-stage SSP step, one call, at 256-576."""
+    return num_threads(1 if n_cells * passes < PARALLEL_MIN_CELLS else None)
 
 
 def single_threaded_blas():
