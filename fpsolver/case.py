@@ -294,7 +294,8 @@ def _parse_linear_regression(data):
     if config.rotation_angle and (has_cov or d != 2):
         raise CaseError(f"{key}.rotation_angle applies only to d = 2 feature_eigenvalues")
     if config.true_weights is not None and len(config.true_weights) != d:
-        raise CaseError(f"{key}.true_weights must have {_entries(d)}, got {len(config.true_weights)}")
+        raise CaseError(f"{key}.true_weights must have {_entries(d)}, "
+                        f"got {len(config.true_weights)}")
     if config.n_samples < 2:
         raise CaseError(f"{key}.n_samples must be >= 2, got {config.n_samples}")
     return config

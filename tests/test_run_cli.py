@@ -187,6 +187,7 @@ def test_resume_continues_an_interrupted_run_to_the_same_answer(tmp_path, interr
                  "--no-figure"]) == 0
     a, b = (json.loads((d / "summary.json").read_text()) for d in (full, part))
     assert a["n_steps"] == b["n_steps"] and a["l1_error"] == b["l1_error"]
+    assert a["n_rhs"] == b["n_rhs"] == 9 * a["n_steps"]  # the whole run's, resumed or not
     with np.load(full / "density.npz") as f, np.load(part / "density.npz") as g:
         np.testing.assert_array_equal(f["p"], g["p"])
     assert not (part / "checkpoint.npz").exists()

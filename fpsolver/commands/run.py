@@ -52,7 +52,7 @@ def _fingerprint(case, grid):
 
 def _figure(path, problem, p, exact):
     """Density heat map with the scheme's current J (streamlines) and exact contours: the
-    (θ, v) plane in 2-D; in 4-D the marginals on the (θ₁, v₁), (θ₂, v₂) and (θ₁, θ₂) planes."""
+    (θ, v) plane in 2-D; in 4-D the marginals on the (θ₁, v₁), (θ₂, v₂), (θ₁, θ₂) planes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
