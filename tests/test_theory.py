@@ -8,6 +8,7 @@ from scipy.stats import multivariate_normal, norm
 
 from fpsolver import theory as th
 from fpsolver.case import case_from_dict
+from fpsolver.errors import UserError
 from fpsolver.sgd import PhaseSpaceModel, build_model
 
 H13 = np.array([[0.755734, 0.379458], [0.379458, 0.309074]])
@@ -263,34 +264,82 @@ def test_midpoint_convention_has_no_cross_term(model13):
     np.testing.assert_allclose(pm[2:, 2:], p2[2:, 2:], rtol=1e-14)
 
 
-def _linear_regression_model(n=40, lr=0.2, momentum=0.5, batch_size=4, seed=3):
+def _linear_regression_model(n=40, lr=0.2, momentum=0.5, batch_size=4, seed=3,
+                             noise=None):
     case = case_from_dict({
         "sgd": {"lr": lr, "momentum": momentum, "weight_decay": 0.02, "batch_size": batch_size},
         "loss": {"linear_regression": {"n_samples": n, "feature_eigenvalues": [1.0, 0.3, 0.1],
                                        "label_noise": 0.7, "seed": seed}},
+        **({"noise": noise} if noise else {}),
     })
     return build_model(case)
 
 
-def test_level3_equals_bruteforce_kronecker_solve():
-    """Level 3 via fixed point = the (2d)²-unknown linear system built from every Δ_i."""
-    model = _linear_regression_model()
-    f, g, q = th.discrete_matrices(model)
+def _level3_operator(model):
+    """I − F⊗F − (1/(NS))Σ_i Δ_i⊗Δ_i: the brute-force (2d)²-unknown level-3 system."""
+    f, _, _ = th.discrete_matrices(model)
     d, h = model.dim, model.hyper
-    n2 = (2 * d) ** 2
-    op = np.eye(n2) - np.kron(f, f)
+    op = np.eye((2 * d) ** 2) - np.kron(f, f)
     for x in model.data.X:
         a = np.outer(x, x) - model.hessian
         delta = np.block([[-h.lr * a, np.zeros((d, d))], [a, np.zeros((d, d))]])
         op -= np.kron(delta, delta) / (len(model.data.X) * h.batch_size)
-    state = np.linalg.solve(op, (g @ q @ g.T).ravel()).reshape(2 * d, 2 * d)
+    return op
+
+
+def _level3_bruteforce(model):
+    f, g, q = th.discrete_matrices(model)
+    d = model.dim
+    state = np.linalg.solve(_level3_operator(model), (g @ q @ g.T).ravel()).reshape(2 * d, 2 * d)
     flip = np.diag(np.r_[np.ones(d), -np.ones(d)])
-    expected = flip @ state @ flip
+    return flip @ state @ flip
+
+
+def test_level3_equals_bruteforce_kronecker_solve():
+    """Level 3 (a d(d+1)/2-unknown system in P_θθ) = the (2d)²-unknown linear system built
+    from every Δ_i."""
+    model = _linear_regression_model()
+    d = model.dim
+    expected = _level3_bruteforce(model)
     got = th.exact_stationary_cov(model)
     assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-11
     # and it is larger than level 2 on every mode (state-dependent noise only adds)
     p2 = th.discrete_stationary_cov(model)
     assert np.all(per_mode(model, got[:d, :d]) > per_mode(model, p2[:d, :d]))
+
+
+def test_level3_is_exact_up_to_its_stability_bound():
+    """At 0.995 of the learning rate where the brute-force operator's spectral radius
+    (of F⊗F + E[Δ⊗Δ]/S) reaches 1, level 3 still equals the brute-force solve (a fixed
+    point iteration of 2000 sweeps called it divergent from 0.99 on); beyond it, one line
+    says it diverges."""
+    def radius(lr):
+        op = _level3_operator(_linear_regression_model(lr=lr, momentum=0.9, batch_size=2))
+        return float(np.max(np.abs(np.linalg.eigvals(np.eye(len(op)) - op))))
+
+    lo, hi = 0.01, 0.5  # radius(lo) < 1 < radius(hi)
+    assert radius(lo) < 1 < radius(hi)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if radius(mid) < 1 else (lo, mid)
+    near = _linear_regression_model(lr=0.995 * lo, momentum=0.9, batch_size=2)
+    expected = _level3_bruteforce(near)
+    got = th.exact_stationary_cov(near)
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-9
+    with pytest.raises(UserError, match="level 3 diverges"):
+        th.exact_stationary_cov(_linear_regression_model(lr=1.005 * hi, momentum=0.9,
+                                                         batch_size=2))
+
+
+def test_level3_uses_the_minibatch_noise_whatever_the_noise_model():
+    """Levels 1-2 take the case's noise model; level 3 is minibatch SGD on the data, so its
+    additive noise is Σ(μ) under every model (an isotropic model once gave Monte-Carlo
+    z-scores of 1352 against level 3)."""
+    exact = th.exact_stationary_cov(_linear_regression_model())
+    for noise in ({"model": "isotropic", "sigma2": 0.3}, {"model": "proportional"}):
+        other = _linear_regression_model(noise=noise)
+        np.testing.assert_allclose(th.exact_stationary_cov(other), exact, rtol=1e-12,
+                                   atol=1e-14 * np.abs(exact).max())
 
 
 def test_linear_regression_data_realise_requested_hessian():
