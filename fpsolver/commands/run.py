@@ -28,12 +28,13 @@ def add_parser(subparsers):
     add_case_argument(p, optional=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--resume", action="store_true",
-                   help="continue a transient run from DIR/checkpoint.npz (same answer)")
+                   help="continue a run (transient or stationary) from DIR/checkpoint.npz "
+                        "(same answer)")
     p.add_argument("--force", action="store_true", help="overwrite results already in DIR")
     p.add_argument("--cells", type=int, default=None,
                    help="cells per phase-space axis (overrides grid.cells)")
     p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
-                   help="wall time between checkpoints of a transient run (default 30)")
+                   help="wall time between checkpoints (default 30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-figure", action="store_true", help="skip density.png")
     return p
