@@ -1,7 +1,7 @@
 """Regenerate every figure the documentation uses, through the fpsolver package.
 
-    python docs/make_figures.py            # all figures into docs/figures/
-    python docs/make_figures.py toy animation    # only some (names below)
+    python docs/make_figures.py                   # all figures into docs/figures/
+    python docs/make_figures.py toy animation     # only some (names below)
 
 Each figure is a function ``fig_<name>()`` that computes its data with fpsolver (theory,
 Monte-Carlo SGD, the finite-volume solver) and draws it with :mod:`fpsolver.plots` or
