@@ -4,8 +4,8 @@ stationary state, with its probability current, marginals and a clock in SGD ste
 A :class:`Movie` holds the frames as data (density and current on one 2-D plane of phase
 space, at times t_j); :func:`exact_movie` fills it from the exact Gaussian transient
 N(e^{−At}z₀, P(t)) and :func:`solver_movie` from the finite-volume solver's snapshots.
-:func:`render` draws the frames and writes MP4 through ffmpeg (on the PATH or imageio-ffmpeg's) or
-GIF through Pillow. For 4-D phase space the plane's marginal density and current are shown.
+:func:`render` draws the frames and writes MP4 through ffmpeg (on the PATH or imageio-ffmpeg's)
+or GIF through Pillow. For 4-D phase space the plane's marginal density and current are shown.
 """
 
 import shutil
@@ -191,15 +191,14 @@ def solver_movie(case, model, n_frames, plane=(0, 1), t_final=None, cells=None,
     problem = setup_problem(run_case, model, cells)
     grid, op = problem.grid, problem.op
     s = list(plane)
-    volume_rest = float(np.prod([h for a, h in enumerate(grid.spacing) if a not in s]))
     p = problem.p0
     density, current = [], []
     for j in tqdm(range(n_frames), desc="solving", unit="frame", disable=not progress):
         if j > 0:
             p = evolve(op, p, times[j] - times[j - 1]).p
-        density.append(plots.plane_marginal(p, s, volume_rest))
+        density.append(plots.plane_marginal(p, s, grid.spacing))
         flux = op.current(p)
-        current.append([plots.plane_marginal(flux[a], s, volume_rest) for a in s])
+        current.append([plots.plane_marginal(flux[a], s, grid.spacing) for a in s])
     exact = _exact_marginals(model, mean0, cov0, times, plane)
     edges = [grid.edges[a] for a in s]
     return _movie(model, times, edges, np.array(density), np.array(current), exact, plane,

@@ -88,11 +88,11 @@ def density_current(x, y, p, current=None, ax=None, style="stream", vmax=None, g
     return {"mesh": mesh, "current": artist}
 
 
-def plane_marginal(arr, plane, volume_rest):
-    """Marginal of grid array ``arr`` on axes ``plane`` (in that order): sum × cell volume
-    of the other axes (``volume_rest``)."""
+def plane_marginal(arr, plane, spacing):
+    """Marginal of grid array ``arr`` on axes ``plane`` (in that order): sum over the other
+    axes times their cell widths (``spacing``: one width per axis)."""
     rest = tuple(a for a in range(arr.ndim) if a not in plane)
-    out = arr.sum(axis=rest) * volume_rest if rest else arr
+    out = arr.sum(axis=rest) * float(np.prod([spacing[a] for a in rest])) if rest else arr
     return out if plane[0] < plane[1] else out.T
 
 

@@ -78,6 +78,7 @@ import scipy.sparse.linalg as spla
 from .analysis import moments
 from .errors import GridError, SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
+from .fv.kernels import SSP93_STAGES
 from .fv.policy import physical_memory_bytes, single_threaded_blas
 from .grid import sized_grid
 from .io import atomic_savez, read_checkpoint
@@ -236,7 +237,6 @@ def load_checkpoint(path, key):
 
 
 SSP_COEFFICIENT = 6.0  # SSP-RK(9,3) is positive up to this multiple of the forward-Euler bound
-SSP_STAGES = 9  # rate evaluations per step
 ROS2_RATES = 2  # rate evaluations per implicit step (at p and at the first stage)
 
 
@@ -588,7 +588,7 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
            f"stopped at t = {state.t:.6g}: {status} (tracker)")
     return SolveResult(p=state.p.reshape(op.shape), t=state.t, success=True, status=status,
                        message=msg, n_steps=state.step,
-                       n_rhs=(SSP_STAGES if ros2 is None else ROS2_RATES) * state.step, dt=dt,
+                       n_rhs=(SSP93_STAGES if ros2 is None else ROS2_RATES) * state.step, dt=dt,
                        residual=res, residual_rel=res / op.max_rate(),
                        mass_error=abs(mass - cons.mass0) / cons.mass0,
                        min_density=float(state.p.min()),

@@ -130,7 +130,7 @@ def test_transient_reports_and_warns_about_the_initial_density_resolution(tmp_pa
 
 
 def test_unusable_out_and_options_fail_before_any_work(tmp_path, capsys):
-    """--out below a file, a non-positive checkpoint interval, a case file that is not text,
+    """--out below a file or a file itself, a non-positive checkpoint interval, a case file that is not text,
     a checkpoint without its step counters: one line each, exit status 2."""
     (tmp_path / "file").write_text("")
     path = _case(tmp_path)
@@ -138,6 +138,7 @@ def test_unusable_out_and_options_fail_before_any_work(tmp_path, capsys):
     binary.write_bytes(b"\x00\x01\xff\xfe")
     for argv, message in (
             ([path, "--out", str(tmp_path / "file" / "sub")], "cannot be created"),
+            ([path, "--out", str(tmp_path / "file")], "exists and is not a folder"),
             ([path, "--out", str(tmp_path / "o"), "--checkpoint-every", "0"],
              "--checkpoint-every must be > 0"),
             ([str(binary), "--out", str(tmp_path / "o")], "is not a UTF-8 text file")):

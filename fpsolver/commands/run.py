@@ -57,7 +57,6 @@ def _figure(path, problem, p, exact):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from ..animate import axis_labels
     from ..io import atomic_replace
@@ -70,12 +69,12 @@ def _figure(path, problem, p, exact):
     fig, axes = plt.subplots(1, len(planes), figsize=(5 * len(planes), 4), squeeze=False,
                              layout="constrained")
     for ax, plane in zip(axes[0], planes):
-        rest = float(np.prod([h for k, h in enumerate(g.spacing) if k not in plane]))
         x, y = (g.centers[k] for k in plane)
-        art = density_current(x, y, plane_marginal(p, plane, rest),
-                              current=[plane_marginal(current[k], plane, rest) for k in plane],
+        art = density_current(x, y, plane_marginal(p, plane, g.spacing),
+                              current=[plane_marginal(current[k], plane, g.spacing)
+                                       for k in plane],
                               ax=ax, mask_below=1e-3, labels=[names[k] for k in plane])
-        ax.contour(x, y, plane_marginal(exact, plane, rest).T, levels=6, colors="k",
+        ax.contour(x, y, plane_marginal(exact, plane, g.spacing).T, levels=6, colors="k",
                    linewidths=0.6)
         fig.colorbar(art["mesh"], ax=ax, label=("p (solver)" if d == 1 else "marginal p")
                      + "; contours: exact; lines: J")
@@ -133,9 +132,7 @@ def run(args):
 
     start = time.perf_counter()
     case = case_from_args(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    out = Path(args.out)  # checked and made by make_output_folder before the solve
     summary_path = out / "summary.json"
     ckpt = out / "checkpoint.npz"
     had_ckpt = ckpt.exists()

@@ -13,8 +13,9 @@ The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk
 − D_kb ∂_b w: MUSCL advection with a smooth third-order TVD limiter (σ the limited slope
 of the upstream cell along the flow, :func:`_slope`; 0 next to a wall), central
 diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes) and the cross-diffusion between the two
-velocity axes (``cross``, off-diagonal D, d = 2 only): on the diagonal stencil matching its sign, ``cross`` linear and ``cross_lim`` (the
-part beyond what keeps that stencil an M-matrix) with its flux saturated (:func:`_saturated`).
+velocity axes (``cross``, off-diagonal D, d = 2 only): on the diagonal stencil matching its
+sign, ``cross`` linear and ``cross_lim`` (the part beyond what keeps that stencil an
+M-matrix) with its flux saturated (:func:`_saturated`).
 
 ``jac`` = False evaluates the nonlinear scheme on ``w`` (``p`` unused); ``jac`` = True
 applies its Jacobian at ``p`` to ``w``. The limited slope is homogeneous of degree one,
@@ -275,8 +276,8 @@ def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, c
 def _rows_per_task(n_rows, tasks):
     """Rows per parallel task for ``tasks`` tasks (callers pass the thread count: one
     contiguous block per thread; prange schedules statically, so more tasks only repeated
-    the per-task set-up and halo faces: 16 tasks on 2 threads ran 16-34 % slower on 24²-96²
-    grids). The result does not depend on it."""
+    the per-task set-up and halo faces: 16 tasks on 2 threads made the SSP step 18-27 %
+    slower on 24²-96² grids). The result does not depend on it."""
     tasks = max(1, min(n_rows, tasks))
     return (n_rows + tasks - 1) // tasks
 
@@ -349,6 +350,7 @@ def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
 SSP93_READS = (0, 1, 2, 3, 2, 3, 2, 3, 1)
 SSP93_WRITES = (1, 2, 3, 2, 3, 2, 3, 1, 3)
 SSP93_BLEND_STAGE = 5
+SSP93_STAGES = len(SSP93_READS)  # rate evaluations per step
 
 
 @kernel
@@ -362,7 +364,7 @@ def ssp_rk93_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_l
     n_rows = p.size // nl
     per = _rows_per_task(n_rows, tasks)
     bufs = (p, s1, s2, out)
-    for stage in range(len(SSP93_READS)):
+    for stage in range(SSP93_STAGES):
         a = blend if stage == SSP93_BLEND_STAGE else 0.0
         b = 1.0 - a
         w = bufs[SSP93_READS[stage]]

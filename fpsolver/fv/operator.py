@@ -141,7 +141,7 @@ class FPOperator:
     def ssp_rk93_step(self, p, h, blend, s1, s2, out):
         """out = one SSP-RK(9,3) step from p with stages of length h (flat; ``s1``, ``s2``
         scratch; :func:`kernels.ssp_rk93_kernel`) in one kernel call."""
-        with threads_for(self.size, passes=len(kernels.SSP93_READS)) as tasks:
+        with threads_for(self.size, passes=kernels.SSP93_STAGES) as tasks:
             kernels.ssp_rk93_kernel(self._flat(p), h, blend, *self.kernel_args(), self.stream,
                                     tasks, s1, s2, out)
         return out
