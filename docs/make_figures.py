@@ -158,7 +158,7 @@ def fig_convergence():
         l1.append(err["l1_error"])
         cur.append(err["current_l1_rel_error"])
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    a = plots.convergence(cells, l1, ax=ax, label="L1 density error", expected_order=2)
+    a = plots.convergence(cells, l1, ax=ax, label="L1 density error", expected_order=3)
     b = plots.convergence(cells, cur, ax=ax, label="relative L1 current error")
     ax.set_ylabel("error against the exact stationary Gaussian")
     ax.set_title("default case, stationary Newton solve", fontsize=9)

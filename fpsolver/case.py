@@ -29,10 +29,10 @@ from .sgd import Hyperparameters
 NOISE_MODELS = ("proportional", "isotropic", "matrix", "exact")
 # loosest run.steady_tol (‖Lp‖₁/rate_max at which a run counts as stationary): at 1e-6 a
 # transient stops 1.6e-4 (L1) short of the stationary density on the default 64² grid,
-# well below that grid's 3.8e-3 discretisation error; at 1e-4, 1.4e-2
+# well below that grid's 1.7e-3 discretisation error; at 1e-4, 1.4e-2
 MAX_STEADY_TOL = 1e-6
 # grid.cells per axis when absent: 128² in 2-D; 128⁴ would be 2.7e8 cells (about 75 GB for
-# a stationary solve: the run was killed for memory), 32⁴ solves in 8 s (48⁴: 55 s)
+# a stationary solve: the run was killed for memory), 32⁴ solves in 13 s (48⁴: 34 s)
 DEFAULT_CELLS_2D = 128
 DEFAULT_CELLS_4D = 32
 SCHEMES = ("auto", "explicit", "implicit")

@@ -40,15 +40,14 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   equilibrium, stopped within its fast relaxation, needed 1/4 of the step: difference to
   the explicit run 1.7e-2 → 1.9e-3 at 64²); "auto" takes it when that is STIFF_RATIO
   (2-D) or KRYLOV_STIFF_RATIO (4-D) times the explicit step.
-  Measured with the van Leer slopes used before the third-order ones (which about halve
-  the spatial errors quoted here; time errors and step sizes are unchanged)
-  (default case, displaced narrow Gaussian N((0.25, 0), P/4), 64², t = 3):
-  min/max of unlimited ROS2 −3.7e-3 at the default step (3× the explicit bound), −2.1e-2
-  at 10×; limited ≥ −3e-39 (never below −1e-12) at both, mass 4e-16; L1 vs the exact
-  Gaussian 7.374e-3 (unlimited 7.367e-3, explicit 7.376e-3) at the default step, 1.00e-2
-  (unlimited 8.93e-3) at 10×. Time order against a converged explicit run: 2.00, 2.10
-  over Δt = 0.01 → 0.005 → 0.0025; 1.81 over 0.02 → 0.01, where the limiter corrects an
-  undershoot of −2.6e-2. The limiter's L1 change, summed over the run (history
+  Measured on the default case, displaced narrow Gaussian N((0.25, 0), P/4), 64², t = 3:
+  min/max of unlimited ROS2 −2.6e-3 at the default step, −1.8e-2 at 10× the explicit
+  bound; limited ≥ 1e-96 (never below −1e-12) at both, mass 4e-16; L1 vs the exact
+  Gaussian 1.781e-3 (unlimited 1.765e-3, explicit 1.714e-3) at the default step, 5.99e-3
+  (unlimited 4.86e-3) at 10×. Time order against a converged explicit run: 2.03, 2.13
+  over Δt = 0.01 → 0.005 → 0.0025. With the second-order (TVD) scheme before (time
+  errors and step sizes as now): 1.81 over 0.02 → 0.01, where the limiter corrects an
+  undershoot of −2.6e-2; the limiter's L1 change, summed over the run (history
   "limiter_l1"), vanishes fast as Δt falls: 0.11 (Δt = 16× the explicit bound), 7.5e-3
   (default, 3×), 2.2e-3 (2×), 1.1e-4 (1×), 2.1e-6 (½×); 4-D §13 16⁴: 1.9e-4 (1.5×),
   3.0e-6 (0.37×). Cost per step (one core): 128², 1.6 ms (3 LU solves of 0.35 ms,
@@ -466,7 +465,7 @@ class _Ros2:
 
     def __init__(self, op, dt):
         self.op, self.dt = op, dt
-        w = jacobian_matrix(op, np.ones(op.size)) if op.grid.ndim == 2 else None  # once
+        w = jacobian_matrix(op, None, first_order=True) if op.grid.ndim == 2 else None
         self.stage = _linear_solver(op, w, ROS2_GAMMA * dt, KRYLOV_RTOL)
         self.low = _linear_solver(op, w, dt, KRYLOV_LOW_RTOL)
         self.flux = np.empty((op.grid.ndim, op.size))

@@ -122,10 +122,10 @@ def test_transient_reports_and_warns_about_the_initial_density_resolution(tmp_pa
     err = capsys.readouterr().err
     assert expected < 2 and "warning: the initial density" in err
     assert f"--cells {int(np.ceil(16 * 2 / expected))} " in err
-    # and the measured error, above 1e-2, with the cells a second-order scheme needs for it
+    # and the measured error, above 1e-2, with the cells that bring it to 1e-2 at order 2
     l1 = s["l1_error"]
     assert l1 > 1e-2 and (f"warning: the L1 error against the exact Gaussian is {l1:.3g} "
-                          f"(> 0.01): the grid is too coarse for this density (second order: "
+                          f"(> 0.01): the grid is too coarse for this density (errors fall at least as h²: "
                           f"about --cells {int(np.ceil(16 * np.sqrt(l1 / 1e-2)))} or more") in err
 
 

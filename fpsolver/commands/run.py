@@ -9,8 +9,8 @@ from . import add_case_argument, case_from_args
 # cells per standard deviation below which a run warns: L1 errors of order 0.1-1 follow
 # (measured on random 2-D transients: 0.72 at 1.8 stationary / 0.56 initial cells per σ)
 WELL_RESOLVED = 2.0
-# L1 error against the exact Gaussian above which a run warns (the default case has 6.5e-4
-# at its 128², 3.8e-3 at 64²; overdamped plain SGD at η = 1e-6 had 0.13 at 128², unwarned)
+# L1 error against the exact Gaussian above which a run warns (the default case has 2.2e-4
+# at its 128², 1.7e-3 at 64²; overdamped plain SGD at η = 1e-6 had 0.13 at 128², unwarned)
 ACCURATE = 1e-2
 # steps between steady-state checks of a transient run (one rate evaluation each: 0.5 % of
 # the explicit steps' cost)
@@ -105,7 +105,7 @@ def _warnings(case, grid, errors, resolution, thinnest):
         if case.run.dt is not None:
             cause = "the forced run.dt may be too long (drop it for the automatic step)"
         else:
-            cause = (f"the grid is too coarse for this density (second order: about --cells "
+            cause = (f"the grid is too coarse for this density (errors fall at least as h²: about --cells "
                      f"{math.ceil(n * math.sqrt(l1 / ACCURATE))} or more for {ACCURATE:g}; "
                      "strongly or weakly damped cases converge later)")
         out.append(f"the L1 error against the exact Gaussian is {l1:.3g} (> {ACCURATE:g}): "

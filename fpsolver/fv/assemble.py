@@ -4,8 +4,7 @@ The stencil of a cell reaches ±2 cells along every axis (MUSCL) and the four di
 each cross-diffused velocity pair. Colouring cells by (i_k mod 5) on every axis makes every
 two stencil members of a row differ in colour, so one Jacobian-vector product per colour
 yields every entry: 25 products in 2-D, 625 in 4-D (small grids only). The matrix is
-therefore exactly the kernel's Jacobian; for a constant p it is the first-order upwind
-matrix (with central diffusion).
+therefore exactly the kernel's Jacobian (or the first-order operator W's matrix).
 """
 
 import itertools
@@ -27,8 +26,9 @@ def _offsets(op):
     return sorted(offs)
 
 
-def jacobian_matrix(op, p):
-    """CSR matrix of ``op.jacobian_apply(p, ·)`` (N × N); rate(p) = matrix @ p."""
+def jacobian_matrix(op, p, first_order=False):
+    """CSR matrix of ``op.jacobian_apply(p, ·)`` (N × N; rate(p) = matrix @ p), or with
+    ``first_order`` that of ``op.first_order_apply`` (p unused)."""
     periods = np.full(len(op.shape), 5)
     idx = np.indices(op.shape).reshape(len(op.shape), -1)
     mult = np.concatenate([np.cumprod(periods[::-1])[::-1][1:], [1]])
@@ -36,7 +36,8 @@ def jacobian_matrix(op, p):
     n_colors = int(np.prod(periods))
     probes = np.empty((n_colors, op.size))
     for q in range(n_colors):
-        probes[q] = op.jacobian_apply(p, (color == q).astype(float))
+        probe = (color == q).astype(float)
+        probes[q] = op.first_order_apply(probe) if first_order else op.jacobian_apply(p, probe)
     rows, cols, vals = [], [], []
     shape = np.array(op.shape)[:, None]
     for off in _offsets(op):

@@ -10,16 +10,17 @@ outer-axis face flux for both cells it separates.
 Face velocities are not stored: the drift is affine, so the velocity b_k on the right face
 of the cell with indices i is ``vel0[k] + Σ_l velg[k, l]·i_l`` (built by the operator).
 The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk/h_k)(w_L − w_R)
-− D_kb ∂_b w: MUSCL advection with a smooth third-order TVD limiter (σ the limited slope
-of the upstream cell along the flow, :func:`_slope`; 0 next to a wall), central
-diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes) and the cross-diffusion between the two
-velocity axes (``cross``, off-diagonal D, d = 2 only): on the diagonal stencil matching its
+− D_kb ∂_b w: MUSCL advection with third-order slopes saturated for positivity (σ the
+slope of the upwind cell along the flow, :func:`_flux`; a wall counts as the cell
+itself), fourth-order diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes; :func:`_flux`) and
+the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2 only): on the diagonal stencil matching its
 sign, ``cross`` linear and ``cross_lim`` (the part beyond what keeps that stencil an
 M-matrix) with its flux saturated (:func:`_saturated`).
 
-``jac`` = False evaluates the nonlinear scheme on ``w`` (``p`` unused); ``jac`` = True
-applies its Jacobian at ``p`` to ``w``. The limited slope is homogeneous of degree one,
-so Jacobian(p)·p equals the scheme applied to p.
+``jac`` = SCHEME evaluates the nonlinear scheme on ``w`` (``p`` unused); JACOBIAN applies
+its Jacobian at ``p`` to ``w``; FIRST_ORDER applies the first-order operator W (no slopes;
+pass no saturated cross-diffusion) to ``w``. The saturated slope is homogeneous of degree
+one, so Jacobian(p)·p equals the scheme applied to p.
 """
 
 import numpy as np
@@ -28,7 +29,9 @@ from numba import prange
 from .policy import helper, kernel, subroutine
 from .stores import prefetch, store_fence, stream_store
 
-SLOPE_CAP_BETA = (7.0 ** 0.5 - 1.0) / 2.0  # b/(a + b) beyond which _slope is capped at 2a
+SCHEME, JACOBIAN, FIRST_ORDER = 0, 1, 2  # what the kernels' ``jac`` asks for
+# the fourth-order diffusion correction stays below this times dif·|p| of its source cell
+DIFFUSION_CAP = 0.5
 # software prefetch, this many cells beyond the farthest row the stencil reaches (1024-8192
 # alike): the hardware prefetcher left the kernel latency-bound beyond the cache (2048²,
 # 2 threads: rate 0.91 → 1.02-1.11e9 cells/s, stage 0.66 → 0.95-1.02e9; 64⁴ 0.37 → 0.46e9)
@@ -38,51 +41,64 @@ MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has thi
 
 
 @helper
-def _slope(ap, bp, aw, bw, jac):
-    """Limited slope along the flow from the one-sided differences a (upstream side) and b
-    (downstream side): the third-order (κ = 1/3) MUSCL slope (a + 2b)/3 times van Leer's
-    smoothness factor 4ab/(a + b)², capped at 2a; 0 unless a and b have one sign.
-    TVD (|s| ≤ 2|a| by the cap, ≤ 2|b| always: face values stay between neighbours) and
-    (a + 2b)/3 + O((a − b)²) on smooth data, so the face values are third-order accurate
-    where van Leer's 2ab/(a + b) (the κ = 0 slope to that order) was second: default case
-    L1 1.33e-3 → 6.5e-4 (stationary, 128²), 1.36e-3 → 7.1e-4 (transient), overdamped
-    plain SGD 2.55e-3 → 1.28e-3. Smooth except at the cap (b > 4.65a) and where a or b
-    vanishes, so Newton converges as before (a piecewise-linear Koren limiter, as accurate,
-    stalled the stationary Newton iteration on the high-momentum case). One division per
-    face, as van Leer's (a second made the 2-D kernel 25-40 % slower); still 10 % below
-    van Leer's rate in cache (256², 2 threads: 1.37e9 vs 1.53e9 cells/s, more arithmetic
-    per face), equal beyond it (2048²: 1.0e9 both, memory-bound). Homogeneous of
-    degree one. With ``jac`` its derivative at the p differences (ap, bp), applied to the
-    w differences (aw, bw); written with a/(a+b), b/(a+b) so tiny densities do not
-    underflow to 0/0."""
-    same = (min(ap, bp) > 0.0) | (max(ap, bp) < 0.0)
-    s = ap + bp if same else 1.0
-    beta = bp / s  # not bp·(1/s): 1/s overflows for subnormal s
-    if jac:
-        alpha = ap / s
-        capped = beta > SLOPE_CAP_BETA  # (4/3)β(1 + β) > 2: the slope would pass 2a
-        val = 2.0 * aw if capped else ((8.0 / 3.0) * beta * beta * beta * aw
-                                       + (4.0 / 3.0) * alpha * alpha * (alpha + 3.0 * beta) * bw)
-    else:  # (a + 2b)/3 · 4ab/(a + b)² = (4/3)·a·β(1 + β): one division per face
-        val = ap * min((4.0 / 3.0) * (beta + beta * beta), 2.0)
-    return val if same else 0.0
+def _saturate(s, big, sw, bigw, jac):
+    """s where |s| ≤ B/2, beyond that sign(s)·(B − B²/(4|s|)) (B ≥ 0): C¹, increasing in
+    s, |value| < B, homogeneous of degree one in (s, B). JACOBIAN: its derivative at (s, B)
+    applied to (sw, bigw). One division; branch-free."""
+    size = abs(s)
+    sat = 2.0 * size > big
+    q = big / (2.0 * size if sat else 1.0)  # B/(2|s|) in [0, 1) where saturated
+    if jac == JACOBIAN:
+        sign_s = 1.0 if s >= 0.0 else -1.0
+        return q * q * sw + sign_s * (1.0 - q) * bigw if sat else sw
+    return s * q * (2.0 - q) if sat else s
 
 
 @helper
 def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac):
-    """Upwinded face flux between cells l and r: advected value w_l + σ_l/2 for u ≥ 0,
-    w_r − σ_r/2 for u < 0 (ll = l, rr = r at a wall: σ = 0 there). The upstream side's
-    differences are selected first and one slope computed: branch-free, so the loop
-    vectorises (a loop split at the sign change of u ran 3.6× slower), with one division
-    per face (evaluating both sides and selecting the flux took two: the 2-D kernel was
-    bound by the divider)."""
+    """Flux through the face between cells l and r (ll = l, rr = r at a wall); w the
+    density (or the direction of the Jacobian at p).
+
+    Advection: the upwind cell's value plus half its slope along the flow, the third-order
+    (κ = 1/3) MUSCL slope (a + 2b)/3 from its upstream (a) and downstream (b) differences,
+    saturated (:func:`_saturate`) below 2|p| of that cell: face values in (0, 2p), so
+    positive with outflow ≤ 2|u|p, and the plain κ = 1/3 slope wherever |slope| ≤ |p|
+    (every resolved cell). Smooth extrema keep their slope, where the TVD limiter this
+    replaces clipped it to 0 and left a first-order error at every maximum. Diffusion: the
+    fourth-order flux dif·(15(w_l − w_r) + w_rr − w_ll)/12 (from cell averages), written as
+    the central flux dif·(w_l − w_r) plus a correction saturated below DIFFUSION_CAP·dif·|p|
+    of the cell it flows out of (positive under a step shortened accordingly,
+    :meth:`FPOperator.max_rate`). Default case, stationary L1 at 64² / 128² / 256²:
+    TVD 3.8e-3 / 6.5e-4 / 1.5e-4; these slopes with central diffusion 1.34e-3 / 4.4e-4 /
+    1.34e-4 (order 1.7: the diffusion error is then the larger); with the fourth-order
+    diffusion 1.69e-3 / 2.21e-4 / 2.82e-5 (orders 2.94, 2.97). FIRST_ORDER: upwind and
+    central only. Branch-free, so the face loop
+    vectorises (a loop split at the sign change of u ran 3.6× slower)."""
     right = u < 0.0
-    ap = pr - prr if right else pl - pll
-    bp = pl - pr if right else pr - pl
-    aw = wr - wrr if right else wl - wll
-    bw = wl - wr if right else wr - wl
-    s = _slope(ap, bp, aw, bw, jac)  # along the flow: σ_l, or −σ_r for u < 0
-    return u * ((wr if right else wl) + 0.5 * s) + dif * (wl - wr)
+    if jac == FIRST_ORDER:
+        return u * (wr if right else wl) + dif * (wl - wr)
+    up = pr if right else pl  # the upwind cell ...
+    a = pr - prr if right else pl - pll  # ... and its differences along the flow
+    b = pl - pr if right else pr - pl
+    slope = (a + 2.0 * b) * (1.0 / 3.0)
+    c = dif * (1.0 / 12.0) * (prr - 3.0 * pr + 3.0 * pl - pll)
+    src = pl if c >= 0.0 else pr  # the cell the correction flows out of
+    sign_up = 1.0 if up >= 0.0 else -1.0
+    sign_src = 1.0 if src >= 0.0 else -1.0
+    cap = DIFFUSION_CAP * dif
+    wup = wr if right else wl
+    if jac == JACOBIAN:  # directions of a, b, c, p_up and p_src
+        aw = wr - wrr if right else wl - wll
+        bw = wl - wr if right else wr - wl
+        sw = (aw + 2.0 * bw) * (1.0 / 3.0)
+        cw = dif * (1.0 / 12.0) * (wrr - 3.0 * wr + 3.0 * wl - wll)
+        wsrc = wl if c >= 0.0 else wr
+    else:
+        sw = cw = wsrc = 0.0
+    sigma = _saturate(slope, 2.0 * sign_up * up, sw, 2.0 * sign_up * wup, jac)
+    corr = _saturate(c, cap * sign_src * src, cw, cap * sign_src * wsrc, jac)
+    # σ along the flow: σ_l, or −σ_r for u < 0
+    return u * (wup + 0.5 * sigma) + dif * (wl - wr) + corr
 
 
 @helper
@@ -162,7 +178,7 @@ def _saturated(g, gw, pl, pr, wl, wr, cap, jac):
     t4 = t * t * t * t
     root = 1.0 / np.sqrt(np.sqrt(1.0 + t4))
     sign = -1.0 if left else 1.0
-    if not jac:
+    if jac == SCHEME:
         return sign * lo * root
     below = a <= bound
     t5 = t4 * t
@@ -309,13 +325,13 @@ def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif
             if ahead + np.uint64(nl) <= n:
                 for j in range(np.uint64(0), np.uint64(nl), np.uint64(8)):  # 64-B lines
                     prefetch(w, ahead + j)
-                    if jac:
+                    if jac == JACOBIAN:
                         prefetch(p, ahead + j)
-        if jac:
-            _row_rate(row, r0, idx, p, w, True, shape, strides, vel0, velg, dif, cross,
+        if jac == JACOBIAN:
+            _row_rate(row, r0, idx, p, w, JACOBIAN, shape, strides, vel0, velg, dif, cross,
                       cross_lim, inv_h, acc, buf, ring)
-        else:
-            _row_rate(row, r0, idx, w, w, False, shape, strides, vel0, velg, dif, cross,
+        else:  # SCHEME, FIRST_ORDER: p is not read
+            _row_rate(row, r0, idx, w, w, jac, shape, strides, vel0, velg, dif, cross,
                       cross_lim, inv_h, acc, buf, ring)
         o = np.uint64(row * nl)
         if stream:
@@ -370,7 +386,7 @@ def ssp_rk93_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_l
         w = bufs[SSP93_READS[stage]]
         o = bufs[SSP93_WRITES[stage]]
         for task in prange((n_rows + per - 1) // per):
-            _task_rows(task, per, w, w, False, a, s1, b, b * h, shape, strides, vel0, velg,
+            _task_rows(task, per, w, w, SCHEME, a, s1, b, b * h, shape, strides, vel0, velg,
                        dif, cross, cross_lim, inv_h, stream, o)
 
 
@@ -383,7 +399,7 @@ def face_flux_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_li
     size = w.size
     n_rows = size // nl
     flat = out.reshape(out.size)
-    pp = p if jac else w
+    pp = p if jac == JACOBIAN else w
     for row in prange(n_rows):
         idx = np.zeros(nd, dtype=np.int64)
         _row_index(row, shape, idx)

@@ -6,35 +6,59 @@ They follow the kernels' formulas with whole-array slicing and exist to test the
 
 import numpy as np
 
-from .kernels import SLOPE_CAP_BETA
+from .kernels import DIFFUSION_CAP, FIRST_ORDER, JACOBIAN, SCHEME
 
 
-def _limited(a, b, aw, bw, jac):
-    """Twin of ``kernels._slope`` (elementwise): the slope along the flow from the upstream
-    (a) and downstream (b) differences of p, or its derivative applied to aw, bw."""
-    same = ((a > 0) & (b > 0)) | ((a < 0) & (b < 0))
-    s = np.where(same, a + b, 1.0)
-    alpha, beta = a / s, b / s
-    if jac:
-        val = np.where(beta > SLOPE_CAP_BETA, 2.0 * aw, 8.0 / 3.0 * beta ** 3 * aw
-                       + 4.0 / 3.0 * alpha ** 2 * (alpha + 3.0 * beta) * bw)
-    else:
-        val = a * np.minimum(4.0 / 3.0 * (beta + beta * beta), 2.0)
-    return np.where(same, val, 0.0)
+def _saturate(s, big, sw, bigw, jac):
+    """Twin of ``kernels._saturate`` (elementwise)."""
+    sat = 2.0 * np.abs(s) > big
+    q = np.where(sat, big / np.where(sat, 2.0 * np.abs(s), 1.0), 1.0)
+    if jac == JACOBIAN:
+        return np.where(sat, q * q * sw + np.where(s >= 0, 1.0, -1.0) * (1.0 - q) * bigw, sw)
+    return np.where(sat, s * q * (2.0 - q), s)
+
+
+def _limited(up, a, b, wup, aw, bw, jac):
+    """The saturated κ = 1/3 slope along the flow of the upwind cell (density ``up``) from
+    its upstream (a) and downstream (b) differences, or its derivative applied to
+    (aw, bw, wup) (``kernels._flux``'s advection)."""
+    if jac == FIRST_ORDER:
+        return np.zeros_like(a)
+    sign = np.where(up >= 0, 2.0, -2.0)
+    return _saturate((a + 2.0 * b) / 3.0, sign * up, (aw + 2.0 * bw) / 3.0, sign * wup, jac)
+
+
+def _diffusion_correction(p, w, jac, dif, axis):
+    """``kernels._flux``'s fourth-order diffusion correction on the interior faces along
+    ``axis`` (a missing neighbour counts as the cell itself), or its derivative."""
+    def cells(x):
+        x = np.moveaxis(x, axis, 0)
+        pad = np.concatenate([x[:1], x, x[-1:]])
+        return pad[:-3], pad[1:-2], pad[2:-1], pad[3:]
+
+    (pll, pl, pr, prr), (wll, wl, wr, wrr) = cells(p), cells(w)
+    if jac == FIRST_ORDER or dif == 0.0:
+        return np.zeros_like(pl)
+    c = dif / 12.0 * (prr - 3.0 * pr + 3.0 * pl - pll)
+    src, wsrc = np.where(c >= 0, pl, pr), np.where(c >= 0, wl, wr)
+    sign = np.where(src >= 0, DIFFUSION_CAP * dif, -DIFFUSION_CAP * dif)
+    return _saturate(c, sign * src, dif / 12.0 * (wrr - 3.0 * wr + 3.0 * wl - wll),
+                     sign * wsrc, jac)
 
 
 def _slopes(p, w, jac, axis):
-    """(forward, backward): limited cell slopes of w along ``axis`` for flow in the +axis
-    and in the −axis direction, each measured along its flow (Jacobian at p if ``jac``);
-    0 at both ends."""
-    thirds = (slice(None, -2), slice(1, -1), slice(2, None))
-    pm, p0, pp = (np.moveaxis(p if jac else w, axis, 0)[s] for s in thirds)
-    wm, w0, wp = (np.moveaxis(w, axis, 0)[s] for s in thirds)
+    """(forward, backward): slopes of every cell along ``axis`` for flow in the +axis and in
+    the −axis direction, each measured along its flow (Jacobian at p for JACOBIAN); a
+    missing neighbour (wall) counts as the cell itself."""
+    def shifted(x):
+        x = np.moveaxis(x, axis, 0)
+        return (np.concatenate([x[:1], x[:-1]]), x, np.concatenate([x[1:], x[-1:]]))
+
+    pm, p0, pp = shifted(p if jac == JACOBIAN else w)
+    wm, w0, wp = shifted(w)
     back, fwd, wback, wfwd = p0 - pm, pp - p0, w0 - wm, wp - w0
-    out = np.zeros((2,) + np.moveaxis(w, axis, 0).shape)
-    out[0, 1:-1] = _limited(back, fwd, wback, wfwd, jac)
-    out[1, 1:-1] = _limited(-fwd, -back, -wfwd, -wback, jac)  # upstream: the next cell
-    return out
+    return np.stack([_limited(p0, back, fwd, w0, wback, wfwd, jac),
+                     _limited(p0, -fwd, -back, w0, -wfwd, -wback, jac)])
 
 
 def _one_sided(w, axis):
@@ -55,7 +79,7 @@ def _saturated(g, bound, gw, bw, jac):
         value = np.where(g == 0, 0.0, g * (1.0 + q) ** -0.25)
         c = (1.0 + q) ** -1.25
         deriv = np.where(g == 0, gw, c * gw + c * q * g / bound * bw)
-    return deriv if jac else value
+    return value if jac == SCHEME else deriv
 
 
 def _cross_flux(p, w, jac, k, b, d, d_lim, inv_h):
@@ -92,9 +116,10 @@ def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
             up, down = _slopes(p, w, jac, k)
             f = np.where(u >= 0, u * (wk[:-1] + 0.5 * up[:-1]), u * (wk[1:] + 0.5 * down[1:]))
             f = f + dif[k] * (wk[:-1] - wk[1:])
+            f = f + _diffusion_correction(p if jac == JACOBIAN else w, w, jac, dif[k], k)
             for b in range(len(shape)):
                 if cross[k, b] != 0.0 or cross_lim[k, b] != 0.0:
-                    f = f + _cross_flux(p if jac else w, w, jac, k, b, cross[k, b],
+                    f = f + _cross_flux(p if jac == JACOBIAN else w, w, jac, k, b, cross[k, b],
                                         cross_lim[k, b], inv_h)
             np.moveaxis(out[k], k, 0)[:-1] = f
     return out.reshape(len(shape), -1)
@@ -139,5 +164,5 @@ def ssp_rk93_step(p, h, blend, *args):
     for stage, (src, dst) in enumerate(zip(SSP93_READS, SSP93_WRITES)):
         a = blend if stage == SSP93_BLEND_STAGE else 0.0
         w = bufs[src]
-        bufs[dst] = (a * bufs[1] if a else 0.0) + (1.0 - a) * (w + h * rate(w, w, False, *args))
+        bufs[dst] = (a * bufs[1] if a else 0.0) + (1.0 - a) * (w + h * rate(w, w, SCHEME, *args))
     return bufs[SSP93_WRITES[-1]]

@@ -52,8 +52,8 @@ CHECKS = (
           "max over grids and FiPy upwind/exponential of ‖p_FiPy − p_fpsolver‖₁ / "
           "max(their L1 errors)"),
     Check("fipy_central_diff_order", ">=", 1.8,
-          "observed order (finest pair) of ‖p_FiPy central − p_fpsolver‖₁: two second-order "
-          "solutions of the same problem"),
+          "observed order (finest pair) of ‖p_FiPy central − p_fpsolver‖₁: two solutions "
+          "(second and third order) of the same problem"),
     Check("fipy_ratio_128", ">=", 10.0,
           "min over FiPy upwind/exponential of (FiPy L1 error)/(fpsolver L1 error) at 128²"),
     Check("psi_rel_error", "<=", 1e-2,

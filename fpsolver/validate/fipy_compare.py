@@ -105,8 +105,9 @@ FiPy's first-order schemes (error ≫ fpsolver's) it is therefore ≈ 1: the two
 to within the larger error. Against FiPy's central scheme, whose error is as small as
 fpsolver's but differently distributed, the two errors add up (agreement
 {min(central_agree):.2f}–{max(central_agree):.2f}, always < 2):
-the meaningful statement there is that the difference of the two second-order solutions
-itself converges at second order (observed order
+the meaningful statement there is that the difference of the two solutions (fpsolver
+third order on this smooth density, FiPy central second) itself converges at second order
+or better (observed order
 {headline['fipy_central_diff_order']:.2f} on the finest pair), i.e. both codes converge to
 the same solution. Wall times include mesh/grid, operator and solve for both codes
 (fpsolver after JIT warm-up).
@@ -122,8 +123,8 @@ time):
 
 At 128² fpsolver's L1 error is {headline['fipy_ratio_128']:.0f}× smaller than the better of
 FiPy's first-order schemes (upwind, exponential). FiPy's central scheme is second order
-and close to fpsolver in accuracy; unlike fpsolver's limited scheme it does not keep the
-density positive (column "min p / max p").
+and the closest to fpsolver in accuracy; unlike fpsolver's saturated scheme it does not keep
+the density positive (column "min p / max p").
 
 {_figure(grids, figdir)}
 """

@@ -92,7 +92,7 @@ def _summary(results):
     sec = results["sections"]
     out = []
     if "convergence" in sec:
-        out.append(f"- The finite-volume solver converges at second order (smallest observed "
+        out.append(f"- The finite-volume solver converges at second order or better (smallest observed "
                    f"L1 order {h['stationary_order_min']:.2f} stationary, "
                    f"{h['transient_order_min']:.2f} transient); default case at 128²: "
                    f"L1 = {h['l1_default_128']:.2e}, current error "
