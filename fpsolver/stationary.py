@@ -76,18 +76,16 @@ class _DirectSolver:
     """Globalised Newton/chord steps with sparse LU of the probed Jacobian.
 
     * Chord steps reuse the last LU (one triangular solve) while they contract the residual
-      at least ``CHORD_RATIO``-fold; a chord step that does not is rejected and redone as a
+      at least CHORD_RATIO-fold; a chord step that does not is rejected and redone as a
       Newton step from the same p with a fresh LU.
     * Every step is backtracked (:func:`_line_search`).
 
     One equation is replaced by δ_r = 0 (the dropped equation follows from the others
     because the columns of the Jacobian sum to zero)."""
 
-    CHORD_RATIO = 0.5
-
     def __init__(self, op):
         self.op, self.lu, self.row = op, None, None
-        self.n_factor = self.n_rejected = self.n_rates = 0
+        self.n_factor = self.n_rejected = 0
 
     def factor(self, p):
         jac = jacobian_matrix(self.op, p).tocsr()
@@ -98,28 +96,27 @@ class _DirectSolver:
         self.lu = spla.splu(m.tocsc(), permc_spec="COLAMD")  # 1.6x faster than MMD here
         self.n_factor += 1
 
-    def _trial(self, p, rate, vol):
+    def _trial(self, p, rate, res, vol):
         """Step from p with the current LU (:func:`_line_search`)."""
         rhs = -rate
         rhs[self.row] = 0.0
-        *result, n_rates = _line_search(self.op, p, self.lu.solve(rhs),
-                                        float(np.abs(rate).sum() * vol), vol)
-        self.n_rates += n_rates
-        return result
+        return _line_search(self.op, p, self.lu.solve(rhs), res, vol)
 
     def step(self, p, rate, res, chord, vol):
         """One accepted step from p (flat, residual ‖rate‖₁ = res): a chord step when
         ``chord`` and it contracts, else a Newton step. Returns (p, rate, res, n_rates)."""
-        before = self.n_rates
+        spent = 0
         if chord and self.lu is not None:
-            q, r, res_q = self._trial(p, rate, vol)
-            if res_q <= self.CHORD_RATIO * res:
-                return q, r, res_q, self.n_rates - before
+            q, r, res_q, spent = self._trial(p, rate, res, vol)
+            if res_q <= CHORD_RATIO * res:
+                return q, r, res_q, spent
             self.n_rejected += 1
         self.factor(p)
-        return (*self._trial(p, rate, vol), self.n_rates - before)
+        q, r, res_q, n_rates = self._trial(p, rate, res, vol)
+        return q, r, res_q, spent + n_rates
 
 
+CHORD_RATIO = 0.5  # a step must shrink the residual this much to count as contracting
 MIN_DAMPING = 0.1
 BACKTRACK = (0.5, 0.25)
 
@@ -132,10 +129,12 @@ def _line_search(op, p, delta, res, vol):
     smallest residual. Returns (q normalised, L q, ‖Lq‖₁, rate evaluations).
 
     The scheme is linear wherever the density is resolved; its slopes saturate in the far
-    tails, where Newton iterates undershoot. 2-D: always damping stalled at λ = 0.1 on
-    tail cells (β = 0.99 at 32²: 33 LUs, linear convergence); full steps or damping alone
-    left plain SGD η = 1e-4 at 24² or β = 0.999 at 32²-128² unconverged after 40 steps;
-    the best of the four converges on all of them (≤ 27 LUs, 1-5 on resolved grids)."""
+    tails, where Newton iterates undershoot. 2-D: always damping (the rule before) left
+    β = 0.99 at 32²-128² unconverged after 40 steps (from a constant start); the better of
+    the full and the damped step converged slowly (β = 0.99 at 32²: 33 LUs, β = 0.999 at
+    64²: 40); full steps projected onto p ≥ 0 left β = 0.999 at 24²-48² and 128²
+    unconverged; the best of the four converges on all of them (≤ 27 LUs, 1-5 on
+    resolved grids)."""
     def at(lam):
         q = p + lam * delta
         q /= q.sum() * vol
@@ -143,7 +142,7 @@ def _line_search(op, p, delta, res, vol):
         return q, r, float(np.abs(r).sum() * vol)
 
     best, n_rates = at(1.0), 1
-    if best[2] <= _DirectSolver.CHORD_RATIO * res:
+    if best[2] <= CHORD_RATIO * res:
         return (*best, n_rates)
     steps = list(BACKTRACK)
     cross = (delta < 0.0) & (p > 0.0)
@@ -164,8 +163,8 @@ def af_tau(op):
     return 1.0 / math.sqrt(op.max_rate() * gamma)
 
 
-def _newton_krylov(op, p, rate, vol, rel_tol):
-    """One inexact Newton step from p (rate = L p): GMRES on Jac(p) δ = −L(p)p,
+def _newton_krylov(op, p, rate, res, vol, rel_tol):
+    """One inexact Newton step from p (rate = L p, res = ‖rate‖₁): GMRES on Jac(p) δ = −L(p)p,
     matrix-free, preconditioned by the approximate factorisation Π_k (I − τT_k) of the
     first-order operator (line solves), then :func:`_line_search`. Returns (p, rate,
     ‖rate‖₁, Jacobian products, rate evaluations)."""
@@ -184,7 +183,7 @@ def _newton_krylov(op, p, rate, vol, rel_tol):
     with single_threaded_blas():
         delta, _ = spla.gmres(a, -rate, rtol=rel_tol, restart=GMRES_RESTART,
                               maxiter=GMRES_PRODUCTS // GMRES_RESTART, M=m)
-    q, rate, res, n_rates = _line_search(op, p, delta, float(np.abs(rate).sum() * vol), vol)
+    q, rate, res, n_rates = _line_search(op, p, delta, res, vol)
     return q, rate, res, count[0], n_rates
 
 
@@ -260,8 +259,8 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
                checkpoint=None, resume=None, progress=None):
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 
-    ``p0``: initial guess (default: constant, or the solution on the grid with half the
-    cells per axis when ``nested`` is true, the default for GMRES grids and 2-D grids from
+    ``p0``: initial guess (default: the first-order operator's stationary density, or the
+    solution on the grid with half the cells per axis when ``nested`` is true, the default for GMRES grids and 2-D grids from
     96² up). Stops when ‖Lp‖₁/rate_max < tol ("converged") or after ``max_iter`` Newton or
     chord steps ("max_iter"). ``checkpoint``: a :class:`StationaryCheckpoint` (written on
     its schedule and on Ctrl-C); ``resume``: (p, shape, steps) from
@@ -308,11 +307,11 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
                 p, rate, res, n_rates = solver.step(p, rate, res, chord, vol)
                 n_rhs += n_rates
             else:
-                p, rate, res, nmv, n_rates = _newton_krylov(op, p, rate, vol, krylov_tol)
+                p, rate, res, nmv, n_rates = _newton_krylov(op, p, rate, res, vol, krylov_tol)
                 n_rhs += nmv + n_rates
             if not np.all(np.isfinite(p)):
                 raise SolverError("the stationary solve produced NaN; the grid is too coarse")
-            chord = res <= _DirectSolver.CHORD_RATIO * prev
+            chord = res <= CHORD_RATIO * prev
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix_str(f"{'x'.join(map(str, grid.shape))} cells, "

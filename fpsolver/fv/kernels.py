@@ -13,9 +13,9 @@ The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk
 − D_kb ∂_b w: MUSCL advection with third-order slopes saturated for positivity (σ the
 slope of the upwind cell along the flow, :func:`_flux`; a wall counts as the cell
 itself), fourth-order diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes; :func:`_flux`) and
-the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2 only): on the diagonal stencil matching its
-sign, ``cross`` linear and ``cross_lim`` (the part beyond what keeps that stencil an
-M-matrix) with its flux saturated (:func:`_saturated`).
+the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2 only):
+on the diagonal stencil matching its sign, ``cross`` linear and ``cross_lim`` (the part
+beyond what keeps that stencil an M-matrix) with its flux saturated (:func:`_saturated`).
 
 ``jac`` = SCHEME evaluates the nonlinear scheme on ``w`` (``p`` unused); JACOBIAN applies
 its Jacobian at ``p`` to ``w``; FIRST_ORDER applies the first-order operator W (no slopes;
@@ -72,8 +72,8 @@ def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac):
     TVD 3.8e-3 / 6.5e-4 / 1.5e-4; these slopes with central diffusion 1.34e-3 / 4.4e-4 /
     1.34e-4 (order 1.7: the diffusion error is then the larger); with the fourth-order
     diffusion 1.69e-3 / 2.21e-4 / 2.82e-5 (orders 2.94, 2.97). FIRST_ORDER: upwind and
-    central only. Branch-free, so the face loop
-    vectorises (a loop split at the sign change of u ran 3.6× slower)."""
+    central only. Branch-free, so the face loop vectorises (a loop split at the sign change
+    of u ran 3.6× slower)."""
     right = u < 0.0
     if jac == FIRST_ORDER:
         return u * (wr if right else wl) + dif * (wl - wr)

@@ -28,12 +28,18 @@ def _limited(up, a, b, wup, aw, bw, jac):
     return _saturate((a + 2.0 * b) / 3.0, sign * up, (aw + 2.0 * bw) / 3.0, sign * wup, jac)
 
 
+def _edge_padded(x, axis):
+    """x with ``axis`` moved first and one copy of each end cell added at that end: a
+    missing neighbour (wall) counts as the cell itself, as in the kernels."""
+    x = np.moveaxis(x, axis, 0)
+    return np.concatenate([x[:1], x, x[-1:]])
+
+
 def _diffusion_correction(p, w, jac, dif, axis):
     """``kernels._flux``'s fourth-order diffusion correction on the interior faces along
-    ``axis`` (a missing neighbour counts as the cell itself), or its derivative."""
+    ``axis``, or its derivative."""
     def cells(x):
-        x = np.moveaxis(x, axis, 0)
-        pad = np.concatenate([x[:1], x, x[-1:]])
+        pad = _edge_padded(x, axis)
         return pad[:-3], pad[1:-2], pad[2:-1], pad[3:]
 
     (pll, pl, pr, prr), (wll, wl, wr, wrr) = cells(p), cells(w)
@@ -51,8 +57,8 @@ def _slopes(p, w, jac, axis):
     the −axis direction, each measured along its flow (Jacobian at p for JACOBIAN); a
     missing neighbour (wall) counts as the cell itself."""
     def shifted(x):
-        x = np.moveaxis(x, axis, 0)
-        return (np.concatenate([x[:1], x[:-1]]), x, np.concatenate([x[1:], x[-1:]]))
+        pad = _edge_padded(x, axis)
+        return pad[:-2], pad[1:-1], pad[2:]
 
     pm, p0, pp = shifted(p if jac == JACOBIAN else w)
     wm, w0, wp = shifted(w)
