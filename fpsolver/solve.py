@@ -2,13 +2,15 @@
 
 Stationary solves live in :mod:`fpsolver.stationary`.
 
-* :func:`evolve`: explicit SSP-RK(9,3) with a fixed step dt = t_final/n, n the least
-  number of steps with dt ≤ safety·6/rate_max (1/rate_max: :meth:`FPOperator.max_rate`,
-  the forward-Euler positivity bound; SSP-RK(9,3) is nine forward-Euler stages of dt/6,
-  so positive up to six times it: 1.5 rate evaluations per 1/rate_max of simulated time,
-  where SSP-RK(4,3) took 2 and SSP-RK3 3; default transient 96², SSP-RK3 2575 steps,
-  SSP-RK(4,3) 1288 (single-pass stages: 0.117 → 0.068 s), SSP-RK(9,3) 430 (0.049 s), the
-  same L1 each). A forced dt above the bound is refused
+* :func:`evolve`: explicit SSP-RK(25,3) with a fixed step dt = t_final/n, n the least
+  number of steps with dt ≤ safety·20/rate_max (1/rate_max: :meth:`FPOperator.max_rate`,
+  the forward-Euler positivity bound; SSP-RK(n², 3) is n² forward-Euler stages of
+  dt/(n² − n), so positive up to n² − n times it: n/(n − 1) rate evaluations per
+  1/rate_max of simulated time, 1.25 with n = 5, where SSP-RK(9,3) took 1.5, SSP-RK(4,3)
+  2 and SSP-RK3 3; default transient 96², SSP-RK3 2575 steps, SSP-RK(4,3) 1288
+  (single-pass stages: 0.117 → 0.068 s), SSP-RK(9,3) 430 (0.049 s), the same L1 each;
+  benchmark transient 48², SSP-RK(9,3) 196 steps = 1764 rate evaluations, SSP-RK(25,3)
+  59 = 1475, same L1 to four digits). A forced dt above the bound is refused
   (:class:`UnstableError`). Multiples of "the explicit bound" below are of 1/rate_max
   (measured with SSP-RK3). Trackers run on a step schedule; a checkpoint holds
   (p, step, dt) so a resumed run repeats the same steps and ends at the same answer.
@@ -77,7 +79,7 @@ import scipy.sparse.linalg as spla
 from .analysis import moments
 from .errors import GridError, SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
-from .fv.kernels import SSP93_STAGES
+from .fv.kernels import SSP_BLEND, SSP_COEFFICIENT, SSP_STAGES
 from .fv.policy import physical_memory_bytes, single_threaded_blas
 from .grid import sized_grid
 from .io import atomic_savez, read_checkpoint
@@ -235,7 +237,6 @@ def load_checkpoint(path, key):
     return data["p"].ravel().copy(), int(data["step"]), int(data["n_steps"]), float(data["dt"])
 
 
-SSP_COEFFICIENT = 6.0  # SSP-RK(9,3) is positive up to this multiple of the forward-Euler bound
 ROS2_RATES = 2  # rate evaluations per implicit step (at p and at the first stage)
 
 
@@ -505,28 +506,20 @@ class _Ros2:
                 "limiter_l1": self.limited_l1}
 
 
-# stage 6's convex weights: fl(3/5) and 1 − fl(3/5) sum to exactly 1 (SSP-RK(4,3)'s fl(2/3) and
-# fl(1/3) summed to 1 − 5.6e-17, a mass drift of that much per step: 2.4e-12 in 44450 steps)
-FIFTHS = 3.0 / 5.0
-
-
-def _ssp_rk93(op, p, dt, s1, s2, out):
-    """One SSP-RK(9,3) step p → out (Ketcheson 2008, low-storage SSPRK(n², 3) with n = 3):
-    nine forward-Euler stages of Δt/6, one of them a convex combination with the first
-    stage, so positive up to Δt = 6/rate_max: 1.5 rate evaluations per 1/rate_max of
-    time against SSP-RK(4,3)'s 2 (same L1 to five digits on the benchmark transient, 20-31 %
-    faster: 96² 0.0645 → 0.0486 s, 128² 0.147 → 0.101 s). Flat arrays; ``s1`` and ``s2``
-    are scratch arrays of p's size (4-D grids hold 10⁷ cells). The nine stages run in one
-    kernel call (:meth:`FPOperator.ssp_rk93_step`; the stage table is in
+def _ssp_rk3(op, p, dt, s1, s2, out):
+    """One SSP-RK(n², 3) step p → out (Ketcheson 2008, low-storage, n = kernels.SSP_N):
+    n² forward-Euler stages of Δt/(n² − n), one of them a convex combination with an
+    earlier stage, so positive up to Δt = (n² − n)/rate_max. Flat arrays; ``s1`` and
+    ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷ cells). The stages run in one
+    kernel call (:meth:`FPOperator.ssp_rk3_step`; the stage table is in
     :mod:`fpsolver.fv.kernels`)."""
-    h = dt / SSP_COEFFICIENT  # r = n² − n = 6: stage length and SSP coefficient alike
-    op.ssp_rk93_step(p, h, FIFTHS, s1, s2, out)
+    op.ssp_rk3_step(p, dt / SSP_COEFFICIENT, SSP_BLEND, s1, s2, out)
 
 
 @np.errstate(under="ignore")  # far-tail densities ~1e-300 flush to zero
 def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, resume=None,
            scheme="explicit"):
-    """Integrate ∂_t p = Lp from p0 (grid shape) to t_final with SSP-RK(9,3) (``scheme``
+    """Integrate ∂_t p = Lp from p0 (grid shape) to t_final with SSP-RK(n², 3) (``scheme``
     "explicit") or positivity-limited ROS2 ("implicit", 2-D and 4-D; "auto":
     :func:`choose_scheme`).
 
@@ -559,7 +552,7 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
     try:
         while state.step < n_steps:
             if ros2 is None:
-                _ssp_rk93(op, state.p, dt, k, stage, out)
+                _ssp_rk3(op, state.p, dt, k, stage, out)
             else:
                 ros2(state.p, out)
             state.p, out = out, state.p
@@ -587,7 +580,7 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
            f"stopped at t = {state.t:.6g}: {status} (tracker)")
     return SolveResult(p=state.p.reshape(op.shape), t=state.t, success=True, status=status,
                        message=msg, n_steps=state.step,
-                       n_rhs=(SSP93_STAGES if ros2 is None else ROS2_RATES) * state.step, dt=dt,
+                       n_rhs=(SSP_STAGES if ros2 is None else ROS2_RATES) * state.step, dt=dt,
                        residual=res, residual_rel=res / op.max_rate(),
                        mass_error=abs(mass - cons.mass0) / cons.mass0,
                        min_density=float(state.p.min()),

@@ -14,7 +14,7 @@ from fpsolver import theory
 from fpsolver.analysis import compare, moments, observed_orders
 from fpsolver.case import case_from_dict, default_case
 from fpsolver.errors import GridError, SolverError, UnstableError, UserError
-from fpsolver.fv import FPOperator
+from fpsolver.fv import FPOperator, kernels
 from fpsolver.grid import sized_grid
 from fpsolver.sgd import PhaseSpaceModel
 from fpsolver.solve import (MAX_IMPLICIT_COURANT, CheckpointTracker, ConservationTracker,
@@ -93,8 +93,8 @@ def test_transient_2d_matches_the_exact_gaussian(transient_runs):
 
 
 def test_implicit_is_second_order_in_time_and_conserves_mass(transient_runs):
-    """Limited ROS2 against the explicit SSP-RK(9,3) run on the same 64² grid (whose time
-    error is negligible: third order, Δt = 0.0054), so only the implicit time error remains:
+    """Limited ROS2 against the explicit SSP-RK(n², 3) run on the same 64² grid (whose time
+    error is negligible: third order, Δt = 0.018), so only the implicit time error remains:
     it falls 4-fold per halved Δt (measured 4.51e-3, 1.10e-3, 2.53e-4: orders 2.03, 2.13;
     over 0.02 → 0.01, where the limiter acts on the ROS2 undershoot, 1.83).
     At the default (accuracy) step the L1 error against the exact Gaussian is the explicit
@@ -236,7 +236,7 @@ def test_result_says_why_the_stationary_solve_stopped():
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
 def test_interrupted_run_resumes_to_the_same_answer(tmp_path, scheme, interrupt_at):
-    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 0.4}), cells=24)
+    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.2}), cells=24)
     full = evolve(prob.op, prob.p0, prob.t_final, scheme=scheme)
     assert full.n_steps >= 20
     ck = CheckpointTracker(tmp_path / "ck.npz", key="k", every_s=1e9)
@@ -265,7 +265,8 @@ def test_storage_tracker_keeps_snapshots_on_its_schedule():
 
 def test_bad_input_is_refused():
     prob = setup_problem(default_case().replace(run=TRANSIENT), cells=16)
-    dt_max = 6 / prob.op.max_rate()  # SSP-RK(9,3): six times the forward-Euler bound
+    n = kernels.SSP_N  # SSP-RK(n², 3): n² − n times the forward-Euler bound
+    dt_max = (n * n - n) / prob.op.max_rate()
     assert explicit_step_bound(prob.op) == dt_max
     with pytest.raises(UnstableError, match="run.dt"):
         step_size(prob.op, 1.0, dt=1.01 * dt_max)
@@ -438,9 +439,9 @@ def test_4d_strongly_correlated_noise_stays_positive_at_little_cost_in_accuracy(
 
 
 def test_4d_implicit_is_second_order_in_time_and_conserves_mass():
-    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(9,3) run on 16⁴ (third order,
-    Δt = 0.0125): the difference falls 4-fold per halved Δt (measured 2.11e-3,
-    5.85e-4, 1.57e-4: orders 1.85, 1.90), far below the spatial error (0.24 on this coarse
+    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(n², 3) run on 16⁴ (third
+    order, Δt = 0.033): the difference falls 4-fold per halved Δt (measured 1.91e-3,
+    5.32e-4, 1.45e-4: orders 1.85, 1.88), far below the spatial error (0.24 on this coarse
     grid); GMRES inexactness touches neither the mass (flux form) nor the positivity
     (min/max ≥ −1.4e-14: the low-order solve runs to 1e-10)."""
     prob = _four_d_problem(16, 0.1)
@@ -519,12 +520,13 @@ def test_implicit_default_step_keeps_second_order_accuracy_on_the_overdamped_tra
 
 
 def test_mass_does_not_drift_over_a_long_explicit_run():
-    """40000 SSP-RK(9,3) steps (16²): the mass stays within 2e-13 (measured 2.7e-15).
+    """40000 SSP-RK(25,3) steps (16²): the mass stays within 2e-13 (measured 1.2e-15;
+    SSP-RK(9,3) 2.7e-15).
     SSP-RK(4,3) with the
     third stage's weights fl(2/3), fl(1/3), which sum to 1 − 5.6e-17, drifted by that much
     every step: 1.3e-12 here, past the 1e-12 floor (a random case drifted 2.4e-12 in 44450
-    steps); with fl(2/3), 1 − fl(2/3) it kept 2e-14, and SSP-RK(9,3)'s stage 6 uses
-    fl(3/5), 1 − fl(3/5)."""
+    steps); with fl(2/3), 1 − fl(2/3) it kept 2e-14, and SSP-RK(n², 3)'s blend stage uses
+    fl(n/(2n − 1)), 1 − fl(n/(2n − 1))."""
     prob = setup_problem(default_case().replace(run=TRANSIENT), cells=16)
     dt = explicit_step_bound(prob.op) / 10
     res = evolve(prob.op, prob.p0, 40000 * dt, dt=dt)

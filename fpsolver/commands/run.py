@@ -123,6 +123,7 @@ def run(args):
     from .. import __version__, theory
     from ..analysis import compare, exact_moments, moments
     from ..errors import GridError, UserError
+    from ..fv.kernels import SSP_STAGES
     from ..grid import cells_per_sigma
     from ..io import atomic_savez, atomic_write_json, make_output_folder
     from ..solve import (CheckpointTracker, ConservationTracker, ProgressTracker,
@@ -182,7 +183,7 @@ def run(args):
             result = evolve(op, problem.p0, problem.t_final, dt=case.run.dt,
                             safety=case.run.safety, trackers=trackers, checkpoint=tracker,
                             resume=resume, scheme=case.run.scheme)
-            solver = {"explicit": "ssp-rk93",
+            solver = {"explicit": f"ssp-rk({SSP_STAGES},3)",
                       "implicit": "ros2-w-fct-" + ("lu" if grid.ndim == 2 else "gmres")
                       }[result.history["scheme"]]
     except UserError:

@@ -360,31 +360,46 @@ def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
                    cross, cross_lim, inv_h, stream, out)
 
 
-# SSP-RK(9,3) (Ketcheson 2008, low-storage SSPRK(n², 3), n = 3) as a buffer table over
-# (p, s1, s2, out): stage i reads buffer SSP93_READS[i] and writes SSP93_WRITES[i]; stage
-# SSP93_BLEND_STAGE also takes blend·s1 (the convex combination with the first stage)
-SSP93_READS = (0, 1, 2, 3, 2, 3, 2, 3, 1)
-SSP93_WRITES = (1, 2, 3, 2, 3, 2, 3, 1, 3)
-SSP93_BLEND_STAGE = 5
-SSP93_STAGES = len(SSP93_READS)  # rate evaluations per step
+SSP_N = 5  # SSP-RK(n², 3) with this n: n² stages, SSP coefficient n² − n
+
+
+def _ssp_stage_table(n):
+    """(reads, writes, blend stage) of Ketcheson's low-storage SSP-RK(n², 3) (2008) over
+    the buffers (p, s1, s2, out): stage i reads buffer reads[i] and writes writes[i]; the
+    blend stage n(n + 1)/2 − 1 (from 0) also takes blend·s1, s1 holding the state after the
+    first (n − 1)(n − 2)/2 stages. Built backwards from ``out``, the other stages
+    alternating between s2 and out, so s1 is written once and p never."""
+    save = (n - 1) * (n - 2) // 2
+    held = [3]  # held[-1]: the buffer that holds the state after the stages so far
+    for stage in range(n * n - 1, 0, -1):
+        held.append(1 if stage == save else 2 if held[-1] != 2 else 3)
+    held = [0] + held[::-1]
+    return tuple(held[:-1]), tuple(held[1:]), n * (n + 1) // 2 - 1
+
+
+SSP_READS, SSP_WRITES, SSP_BLEND_STAGE = _ssp_stage_table(SSP_N)
+SSP_STAGES = SSP_N * SSP_N  # rate evaluations per step
+SSP_COEFFICIENT = float(SSP_N * SSP_N - SSP_N)  # positive up to this × the Euler bound
+# the blend stage's weight n/(2n − 1) (≥ 1/2, so 1 − blend is exact: the two sum to 1)
+SSP_BLEND = SSP_N / (2.0 * SSP_N - 1.0)
 
 
 @kernel
-def ssp_rk93_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h,
-                    stream, tasks, s1, s2, out):
-    """One SSP-RK(9,3) step p → out (flat, N; s1, s2 scratch, none of them p): nine
+def ssp_rk3_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h,
+                   stream, tasks, s1, s2, out):
+    """One SSP-RK(n², 3) step p → out (flat, N; s1, s2 scratch, none of them p): n²
     forward-Euler stages o = a·s1 + b·(w + h·L(w)), each one pass over the rows, in one
-    call (nine calls from Python spent more time in dispatch than in the stages on grids up
-    to ~100²). ``stream``, ``tasks``: as :func:`rate_kernel`."""
+    call (one call per stage from Python spent more time in dispatch than in the stages on
+    grids up to ~100²). ``stream``, ``tasks``: as :func:`rate_kernel`."""
     nl = shape[shape.size - 1]
     n_rows = p.size // nl
     per = _rows_per_task(n_rows, tasks)
     bufs = (p, s1, s2, out)
-    for stage in range(SSP93_STAGES):
-        a = blend if stage == SSP93_BLEND_STAGE else 0.0
+    for stage in range(SSP_STAGES):
+        a = blend if stage == SSP_BLEND_STAGE else 0.0
         b = 1.0 - a
-        w = bufs[SSP93_READS[stage]]
-        o = bufs[SSP93_WRITES[stage]]
+        w = bufs[SSP_READS[stage]]
+        o = bufs[SSP_WRITES[stage]]
         for task in prange((n_rows + per - 1) // per):
             _task_rows(task, per, w, w, SCHEME, a, s1, b, b * h, shape, strides, vel0, velg,
                        dif, cross, cross_lim, inv_h, stream, o)

@@ -144,12 +144,12 @@ class FPOperator:
         """dp/dt = −∇·F(p) of the (nonlinear, limited) scheme; same shape as p."""
         return self._rate_kernel(p, p, kernels.SCHEME, out)
 
-    def ssp_rk93_step(self, p, h, blend, s1, s2, out):
-        """out = one SSP-RK(9,3) step from p with stages of length h (flat; ``s1``, ``s2``
-        scratch; :func:`kernels.ssp_rk93_kernel`) in one kernel call."""
-        with threads_for(self.size, passes=kernels.SSP93_STAGES) as tasks:
-            kernels.ssp_rk93_kernel(self._flat(p), h, blend, *self.kernel_args(), self.stream,
-                                    tasks, s1, s2, out)
+    def ssp_rk3_step(self, p, h, blend, s1, s2, out):
+        """out = one SSP-RK(n², 3) step from p with stages of length h (flat; ``s1``, ``s2``
+        scratch; :func:`kernels.ssp_rk3_kernel`) in one kernel call."""
+        with threads_for(self.size, passes=kernels.SSP_STAGES) as tasks:
+            kernels.ssp_rk3_kernel(self._flat(p), h, blend, *self.kernel_args(), self.stream,
+                                   tasks, s1, s2, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):

@@ -49,7 +49,8 @@ def num_threads(n=None):
 def threads_for(n_cells, passes=1):
     """Context: one thread below PARALLEL_MIN_CELLS cell updates per kernel call (``passes``
     sweeps over ``n_cells``), else all; yields the count. One rate evaluation from Python
-    broke even at 2304-4096 cells; the nine-stage SSP step, one call, at 256-576."""
+    broke even at 2304-4096 cells; the nine-stage SSP-RK(9,3) step, one call, at 256-576
+    (the 25-stage step of SSP-RK(25,3) reaches the threshold at 164 cells)."""
     return num_threads(1 if n_cells * passes < PARALLEL_MIN_CELLS else None)
 
 

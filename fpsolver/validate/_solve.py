@@ -1,7 +1,7 @@
 """The one place the validation calls the finite-volume solver (:mod:`fpsolver.solve`).
 
 :func:`solve` runs a case on an n^(2d) grid exactly as ``fpsolver run`` does (stationary
-Newton solve, or time stepping to ``run.t_final`` with ``run.scheme``: SSP-RK(9,3), or ROS2
+Newton solve, or time stepping to ``run.t_final`` with ``run.scheme``: SSP-RK(25,3), or ROS2
 where "auto" finds the explicit step too stiff) and returns the density, the current and the
 errors of :func:`fpsolver.analysis.compare`; :func:`transient_history` the mean of a
 transient at regularly spaced times. Wall times exclude the one-off JIT compilation

@@ -81,7 +81,7 @@ stationary only, grid width 5.5 sd; {four_d}). Transients start from a Gaussian 
 by {cases.DISPLACEMENT_SD:g} stationary sd in θ with {cases.INITIAL_COV_SCALE:g} × the
 stationary covariance and run for {plan.periods} rotation period(s) (overdamped: as many
 e-folding times of the slow position mode). Time stepping as `fpsolver run` does it:
-SSP-RK(9,3), or the positivity-limited ROS2 (linearly implicit, flux-corrected) where the
+SSP-RK(25,3), or the positivity-limited ROS2 (linearly implicit, flux-corrected) where the
 explicit step is too stiff (the overdamped case at 256²).
 
 {table}
