@@ -165,16 +165,18 @@ class ConservationTracker(Tracker):
     def __init__(self, interval=1):
         super().__init__(interval)
         self.mass0 = None
+        self.volume = None
         self.max_mass_error = 0.0
         self.min_rel = math.inf
 
     def start(self, state):
-        self.mass0 = state.p.sum() * state.op.grid.cell_volume
+        self.volume = state.op.grid.cell_volume  # once: a grid property computes it anew
+        self.mass0 = state.p.sum() * self.volume
         self.handle(state)
 
     def handle(self, state):
         p = state.p
-        mass = p.sum() * state.op.grid.cell_volume
+        mass = p.sum() * self.volume
         if not math.isfinite(mass):
             raise SolverError(f"the density became NaN/inf at t = {state.t:.6g} (step "
                               f"{state.step}); lower run.dt or run.safety")
