@@ -160,11 +160,11 @@ def af_tau(op):
     return 1.0 / math.sqrt(op.max_rate() * gamma)
 
 
-def _newton_krylov(op, p, rate, res, vol, rel_tol):
+def _newton_krylov(op, p, rate, res, vol, rel_tol, budget):
     """One inexact Newton step from p (rate = L p, res = ‖rate‖₁): GMRES on Jac(p) δ = −L(p)p,
     matrix-free, preconditioned by the approximate factorisation Π_k (I − τT_k) of the
-    first-order operator (line solves), then :func:`_line_search`. Returns (p, rate,
-    ‖rate‖₁, Jacobian products, rate evaluations)."""
+    first-order operator (line solves), at most about ``budget`` products, then
+    :func:`_line_search`. Returns (p, rate, ‖rate‖₁, Jacobian products, rate evaluations)."""
     count = [0]
     tau = af_tau(op)
 
@@ -179,7 +179,7 @@ def _newton_krylov(op, p, rate, res, vol, rel_tol):
                             dtype=float)
     with single_threaded_blas():
         delta, _ = spla.gmres(a, -rate, rtol=rel_tol, restart=GMRES_RESTART,
-                              maxiter=GMRES_PRODUCTS // GMRES_RESTART, M=m)
+                              maxiter=budget // GMRES_RESTART, M=m)
     q, rate, res, n_rates = _line_search(op, p, delta, res, vol)
     return q, rate, res, count[0], n_rates
 
@@ -250,8 +250,29 @@ GMRES_RESTART = 10  # Krylov vectors kept (see the module docstring)
 # Jacobian products per Newton step before GMRES gives up: near convergence GMRES(10)
 # stagnates (the saturated tail cells), and an inexact step backtracked by the line search
 # does as well for less (§13 case, 16⁴ / 24⁴ / 32⁴ / 48⁴: 6.9 / 12 / 38 / 62 s with 500,
-# 1.8 / 5.8 / 13 / 34 s with 80, the same Newton steps within one or two)
+# 1.8 / 5.8 / 13 / 34 s with 80, the same Newton steps within one or two) ...
 GMRES_PRODUCTS = 80
+# ... doubled, up to this, while the residual falls too slowly to reach ``tol`` within half
+# the steps left at its rate over the last RATE_WINDOW steps (:func:`_budget`): where the
+# line-solve preconditioner is weak, 80 products left the steps contracting 0.92-fold
+# (random case, Hessian eigenvalues 7.3 and 0.13, 31⁴: stopped at 40 steps, 1.8e-7 >
+# 1e-7). Doubling after every step that did not halve the residual slowed the §13 solves
+# 1.4-4.5×, a window of two steps 24⁴ 1.6× (steps alternate between good and poor).
+GMRES_MAX_PRODUCTS = 640
+RATE_WINDOW = 4
+
+
+def _budget(budget, residuals, tol, steps_left):
+    """GMRES products for the next Newton step: ``budget``, doubled (to GMRES_MAX_PRODUCTS)
+    when the relative residuals so far, at their mean rate over the last RATE_WINDOW steps,
+    would not reach ``tol`` within half of ``steps_left`` steps (with all of them, the
+    random case above converged at step 37 of 40)."""
+    if len(residuals) <= RATE_WINDOW or residuals[-1] <= tol:
+        return budget
+    rate = (residuals[-1] / residuals[-1 - RATE_WINDOW]) ** (1.0 / RATE_WINDOW)
+    if rate < 1.0 and math.log(tol / residuals[-1]) / math.log(rate) <= steps_left / 2:
+        return budget
+    return min(2 * budget, GMRES_MAX_PRODUCTS)
 NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
 NESTED_TOL = 1e-5  # GMRES: the half grid's solve need not beat the interpolation error
 KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
@@ -308,6 +329,7 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     res = np.abs(rate).sum() * vol
     status, it, chord = "max_iter", it0, False
     solver = _DirectSolver(op) if direct else None
+    budget, residuals = GMRES_PRODUCTS, [res / rate_max]
     try:
         for it in range(it0 + 1, max_iter + 1):
             prev = res
@@ -315,11 +337,14 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
                 p, rate, res, n_rates = solver.step(p, rate, res, chord, vol)
                 n_rhs += n_rates
             else:
-                p, rate, res, nmv, n_rates = _newton_krylov(op, p, rate, res, vol, krylov_tol)
+                p, rate, res, nmv, n_rates = _newton_krylov(op, p, rate, res, vol, krylov_tol,
+                                                            budget)
                 n_rhs += nmv + n_rates
             if not np.all(np.isfinite(p)):
                 raise SolverError("the stationary solve produced NaN; the grid is too coarse")
             chord = res <= CHORD_RATIO * prev
+            residuals.append(res / rate_max)
+            budget = _budget(budget, residuals, tol, max_iter - it)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix_str(f"{'x'.join(map(str, grid.shape))} cells, "

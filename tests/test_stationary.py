@@ -120,3 +120,20 @@ def test_negative_cells_of_a_converged_iterate_are_dropped_only_within_tolerance
     assert res_q / op.max_rate() < 1e-6
     kept, res_kept = st._positive_part(op, p, res, 0.1 * res_q / op.max_rate(), vol)
     assert kept is p and res_kept == res
+
+
+def test_gmres_budget_grows_only_when_the_residual_would_not_reach_tol_in_time():
+    """The Newton-GMRES product budget doubles (up to its cap) when the residual's rate over
+    the last RATE_WINDOW steps projects more steps to ``tol`` than half of those left: at
+    0.9 per step from 1e-5 to 1e-7 that is 44 steps (> 30/2: doubled), at 0.5 per step 7
+    (kept); too few steps to measure a rate or a converged residual keep it too."""
+    window = st.RATE_WINDOW
+    slow = [1e-5 / 0.9 ** k for k in range(window, -1, -1)]
+    fast = [1e-5 / 0.5 ** k for k in range(window, -1, -1)]
+    assert st._budget(80, slow, 1e-7, 30) == 160
+    assert st._budget(80, fast, 1e-7, 30) == 80
+    assert st._budget(80, slow[1:], 1e-7, 30) == 80
+    assert st._budget(80, slow[:-1] + [1e-8], 1e-7, 30) == 80
+    assert st._budget(st.GMRES_MAX_PRODUCTS, slow, 1e-7, 30) == st.GMRES_MAX_PRODUCTS
+    stalled = [1e-5] * (window + 1)
+    assert st._budget(80, stalled, 1e-7, 30) == 160
