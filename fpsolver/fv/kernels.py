@@ -379,7 +379,10 @@ def _ssp_stage_table(n):
     the buffers (p, s1, s2, out): stage i reads buffer reads[i] and writes writes[i]; the
     blend stage n(n + 1)/2 − 1 (from 0) also takes blend·s1, s1 holding the state after the
     first (n − 1)(n − 2)/2 stages. Built backwards from ``out``, the other stages
-    alternating between s2 and out, so s1 is written once and p never."""
+    alternating between s2 and out, so s1 is written once and p never (n ≥ 3: for n = 2
+    the saved state would be p itself)."""
+    if n < 3:
+        raise ValueError(f"SSP-RK(n², 3) tables need n >= 3, got {n}")
     save = (n - 1) * (n - 2) // 2
     held = [3]  # held[-1]: the buffer that holds the state after the stages so far
     for stage in range(n * n - 1, 0, -1):
