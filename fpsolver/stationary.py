@@ -1,19 +1,21 @@
 """Stationary solves of the finite-volume Fokker-Planck operator.
 
 :func:`stationary`: Newton's method on L(p)p = 0, ∫p = 1. The limited scheme is
-homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise"; the
-first step from a constant p solves the first-order (upwind) problem. 2-D grids: sparse
-LU of the probed Jacobian, reused for chord steps while they contract the residual at
-least 2-fold (a chord step that does not is redone as a Newton step), every step damped
-to keep p positive (from 96² up started from the half-grid solution: 2-4 LUs).
+homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise"; it
+starts from the stationary density of the first-order (upwind) operator W. 2-D grids:
+sparse LU of the probed Jacobian, reused for chord steps while they contract the residual
+at least 2-fold (a chord step that does not is redone as a Newton step), every step
+backtracked (:func:`_line_search`; from 96² up started from the half-grid solution: 1-5
+LUs).
 4-D grids: inexact Newton, GMRES(10) on the matrix-free Jacobian (relative tolerance
 1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
 first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·γ)), started
 from the solution on the grid with half the cells (nested iteration down to 12 cells per
-axis; the coarse levels are solved to NESTED_TOL only). On the §13 case each Newton step
-takes 40-90 Jacobian products; 64⁴ (16.7 M cells) converges to a relative residual of
-4e-9 in 3 Newton steps from the 32⁴ solution: 93-99 s, about 4 GB on 2 cores, L1 error
-1.1e-2 (unpreconditioned GMRES needed ~15× more iterations on the 2-D analogue).
+axis; the coarse levels are solved to NESTED_TOL only), each GMRES capped at a product
+budget (:func:`_budget`). 64⁴ (16.7 M cells, §13 case) converges to a relative residual
+of 2.4e-8 in 2 Newton steps from the 32⁴ solution: 92 s, 1152 Jacobian products in all,
+about 4 GB on 2 cores, L1 error 6.9e-3 (unpreconditioned GMRES needed ~15× more
+iterations on the 2-D analogue).
 GMRES(10): more products than GMRES(20) (32⁴: 739 vs 613) but less Gram-Schmidt traffic,
 which on 64⁴ costs as much as a product (32⁴: 5.0 vs 6.4 s; 64⁴: 106 vs 117 s).
 
@@ -161,8 +163,8 @@ def af_tau(op):
 
 
 def _newton_krylov(op, p, rate, res, vol, rel_tol, budget):
-    """One inexact Newton step from p (rate = L p, res = ‖rate‖₁): GMRES on Jac(p) δ = −L(p)p,
-    matrix-free, preconditioned by the approximate factorisation Π_k (I − τT_k) of the
+    """One inexact Newton step from p (rate = L p, res = ‖rate‖₁): GMRES on
+    Jac(p) δ = −L(p)p, matrix-free, preconditioned by the approximate factorisation Π_k (I − τT_k) of the
     first-order operator (line solves), at most about ``budget`` products, then
     :func:`_line_search`. Returns (p, rate, ‖rate‖₁, Jacobian products, rate evaluations)."""
     count = [0]
@@ -254,12 +256,15 @@ GMRES_RESTART = 10  # Krylov vectors kept (see the module docstring)
 GMRES_PRODUCTS = 80
 # ... doubled, up to this, while the residual falls too slowly to reach ``tol`` within half
 # the steps left at its rate over the last RATE_WINDOW steps (:func:`_budget`): where the
-# line-solve preconditioner is weak, 80 products left the steps contracting 0.92-fold
-# (random case, Hessian eigenvalues 7.3 and 0.13, 31⁴: stopped at 40 steps, 1.8e-7 >
+# line-solve preconditioner is weak, 80 products left the steps contracting 0.83-0.89-fold
+# (random case, Hessian eigenvalues 7.3 and 0.13, 31⁴: stopped at 40 steps, 2.0e-7 >
 # 1e-7). Doubling after every step that did not halve the residual slowed the §13 solves
 # 1.4-4.5×, a window of two steps 24⁴ 1.6× (steps alternate between good and poor).
 GMRES_MAX_PRODUCTS = 640
 RATE_WINDOW = 4
+NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
+NESTED_TOL = 1e-5  # GMRES: the half grid's solve need not beat the interpolation error
+KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
 
 
 def _budget(budget, residuals, tol, steps_left):
@@ -273,9 +278,6 @@ def _budget(budget, residuals, tol, steps_left):
     if rate < 1.0 and math.log(tol / residuals[-1]) / math.log(rate) <= steps_left / 2:
         return budget
     return min(2 * budget, GMRES_MAX_PRODUCTS)
-NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
-NESTED_TOL = 1e-5  # GMRES: the half grid's solve need not beat the interpolation error
-KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
 
 
 def stationary_tolerance(op, steady_tol):
@@ -289,8 +291,8 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 
     ``p0``: initial guess (default: the first-order operator's stationary density, or the
-    solution on the grid with half the cells per axis when ``nested`` is true, the default for GMRES grids and 2-D grids from
-    96² up). Stops when ‖Lp‖₁/rate_max < tol ("converged") or after ``max_iter`` Newton or
+    solution on the grid with half the cells per axis when ``nested`` is true, the default
+    for GMRES grids and 2-D grids from 96² up). Stops when ‖Lp‖₁/rate_max < tol ("converged") or after ``max_iter`` Newton or
     chord steps ("max_iter"). ``checkpoint``: a :class:`StationaryCheckpoint` (written on
     its schedule and on Ctrl-C); ``resume``: (p, shape, steps) from
     :func:`load_stationary_checkpoint` continues that level's Newton iteration (a coarser

@@ -105,8 +105,9 @@ def _warnings(case, grid, errors, resolution, thinnest):
         if case.run.dt is not None:
             cause = "the forced run.dt may be too long (drop it for the automatic step)"
         else:
-            cause = (f"the grid is too coarse for this density (errors fall at least as h²: about --cells "
-                     f"{math.ceil(n * math.sqrt(l1 / ACCURATE))} or more for {ACCURATE:g}; "
+            cells = math.ceil(n * math.sqrt(l1 / ACCURATE))
+            cause = ("the grid is too coarse for this density (errors fall at least as h²: "
+                     f"about --cells {cells} or more for {ACCURATE:g}; "
                      "strongly or weakly damped cases converge later)")
         out.append(f"the L1 error against the exact Gaussian is {l1:.3g} (> {ACCURATE:g}): "
                    + cause)

@@ -263,8 +263,9 @@ class FPOperator:
         """Largest per-cell outflow rate (1/time): forward Euler is positive for dt ≤ 1/rate.
         Per axis 2|u|/h (MUSCL face values) + 2(1 + DIFFUSION_CAP)D_kk/h² (central
         diffusion and its saturated correction through both faces), plus, per
-        cross-diffused pair, 2|D_ab|/(h_a h_b) of the linear part and 8|D_ab|/(h_a h_b) of the saturated part (up to
-        2|D_ab|/(h_a h_b) out through each of the cell's four faces on the two axes).
+        cross-diffused pair, 2|D_ab|/(h_a h_b) of the linear part and 8|D_ab|/(h_a h_b) of
+        the saturated part (up to 2|D_ab|/(h_a h_b) out through each of the cell's four faces
+        on the two axes).
         Computed once per operator."""
         if self._max_rate is not None:
             return self._max_rate
