@@ -66,6 +66,12 @@ class Grid:
         """Cell-centre coordinates as an array (*shape, 2d)."""
         return np.stack(np.meshgrid(*self.centers, indexing="ij"), axis=-1)
 
+    def cell_of(self, point):
+        """Index tuple of the cell holding ``point`` (one coordinate per axis, or the first
+        len(point) axes), clipped to the box."""
+        return tuple(int(np.clip(np.searchsorted(e, x) - 1, 0, len(e) - 2))
+                     for e, x in zip(self.edges, point))
+
     def mass(self, p):
         """∫p over the box for cell averages p (shape = self.shape)."""
         return float(p.sum() * self.cell_volume)

@@ -9,7 +9,8 @@ backtracked (:func:`_line_search`; from 96² up started from the half-grid solut
 LUs).
 4-D grids: inexact Newton, GMRES(10) on the matrix-free Jacobian (relative tolerance
 1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
-first-order operator (one tridiagonal line solve per axis, τ = 1/√(rate_max·γ)), started
+first-order operator (one tridiagonal line solve per axis), with a coarse correction on
+the slow manifold for overdamped drifts (:mod:`fpsolver.preconditioner`), started
 from the solution on the grid with half the cells (nested iteration down to 12 cells per
 axis; the coarse levels are solved to NESTED_TOL only), each GMRES capped at a product
 budget (:func:`_budget`). 64⁴ (16.7 M cells, §13 case) converges to a relative residual
@@ -31,14 +32,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from .errors import SolverError, UserError
-from .fv import FPOperator, jacobian_matrix
+from .fv import FPOperator, jacobian_matrix, pinned
 from .fv.policy import single_threaded_blas
 from .grid import uniform_grid
 from .io import atomic_savez, read_checkpoint
+from .preconditioner import StationaryPreconditioner
 from .solve import SolveResult
 
 DIRECT_MAX_CELLS = 400_000  # 2-D grids up to 632²; 4-D LU fill grows too fast (use GMRES)
@@ -91,7 +92,7 @@ class _DirectSolver:
 
     def factor(self, p):
         self.row = int(np.argmax(p))
-        m = _pinned(jacobian_matrix(self.op, p), self.row)
+        m = pinned(jacobian_matrix(self.op, p), self.row)
         self.lu = spla.splu(m, permc_spec="COLAMD")  # 1.6x faster than MMD here
         self.n_factor += 1
 
@@ -155,30 +156,20 @@ def _line_search(op, p, delta, res, vol):
     return (*best, n_rates)
 
 
-def af_tau(op):
-    """ADI parameter τ = 1/√(rate_max·γ_min): the geometric mean of the fastest discrete
-    and the slowest physical time scale (γ_min = min Re eig A)."""
-    gamma = float(np.min(np.linalg.eigvals(op.drift).real))
-    return 1.0 / math.sqrt(op.max_rate() * gamma)
-
-
 def _newton_krylov(op, p, rate, res, vol, rel_tol, budget):
     """One inexact Newton step from p (rate = L p, res = ‖rate‖₁): GMRES on
-    Jac(p) δ = −L(p)p, matrix-free, preconditioned by the approximate factorisation Π_k (I − τT_k) of the
-    first-order operator (line solves), at most about ``budget`` products, then
-    :func:`_line_search`. Returns (p, rate, ‖rate‖₁, Jacobian products, rate evaluations)."""
+    Jac(p) δ = −L(p)p, matrix-free, preconditioned by :class:`StationaryPreconditioner`, at
+    most about ``budget`` products, then :func:`_line_search`. Returns (p, rate, ‖rate‖₁,
+    Jacobian products, rate evaluations)."""
     count = [0]
-    tau = af_tau(op)
-
-    product = np.empty(op.size)  # reused: GMRES consumes each product before the next
+    product = np.empty(op.size)  # reused: each product is consumed before the next
 
     def matvec(w):
         count[0] += 1
         return op.jacobian_apply(p, w, out=product)
 
     a = spla.LinearOperator((op.size, op.size), matvec=matvec, dtype=float)
-    m = spla.LinearOperator((op.size, op.size), matvec=lambda x: op.af_precondition(tau, x),
-                            dtype=float)
+    m = StationaryPreconditioner(op, matvec).operator()
     with single_threaded_blas():
         delta, _ = spla.gmres(a, -rate, rtol=rel_tol, restart=GMRES_RESTART,
                               maxiter=budget // GMRES_RESTART, M=m)
@@ -199,32 +190,20 @@ def _positive_part(op, p, res, tol, vol):
     return (q, res_q) if res_q / op.max_rate() < tol else (p, res)
 
 
-def _pinned(matrix, r):
-    """``matrix`` (sparse, N×N) with row r replaced by the unit row e_r, as CSC: a singular
-    operator whose columns sum to zero, with the one equation its others imply dropped."""
-    keep = np.ones(matrix.shape[0])
-    keep[r] = 0.0
-    unit = sp.csr_matrix(([1.0], ([r], [r])), shape=matrix.shape)
-    return (sp.diags(keep) @ matrix.tocsr() + unit).tocsc()
-
-
 def _first_order_solution(op, vol):
     """Stationary density of the first-order operator W (an M-matrix: positive; flat,
     normalised), the start of Newton's iteration on an unnested grid. 2-D: sparse LU with
     the density pinned to 1 in the cell holding the stationary mean (a dense normalisation
     row, set through LIL, took 40 % of a 48² stationary solve); 4-D: GMRES on W δ = −W p₀
-    from a constant p₀, preconditioned by the line solves."""
+    from a constant p₀, preconditioned by :class:`StationaryPreconditioner`."""
     if use_direct(op):
-        r = np.ravel_multi_index(tuple(np.clip(np.searchsorted(e, m) - 1, 0, len(e) - 2)
-                                       for e, m in zip(op.grid.edges, op.mean)), op.shape)
+        r = np.ravel_multi_index(op.grid.cell_of(op.mean), op.shape)
         rhs = np.zeros(op.size)
         rhs[r] = 1.0
-        p = spla.spsolve(_pinned(jacobian_matrix(op, None, first_order=True), r), rhs)
+        p = spla.spsolve(pinned(jacobian_matrix(op, None, first_order=True), r), rhs)
     else:
-        tau = af_tau(op)
         a = spla.LinearOperator((op.size, op.size), matvec=op.first_order_apply, dtype=float)
-        m = spla.LinearOperator((op.size, op.size),
-                                matvec=lambda x: op.af_precondition(tau, x), dtype=float)
+        m = StationaryPreconditioner(op, op.first_order_apply).operator()
         p0 = np.full(op.size, 1.0 / (op.size * vol))
         with single_threaded_blas():
             delta, _ = spla.gmres(a, -op.first_order_apply(p0), rtol=1e-6,

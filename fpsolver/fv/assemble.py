@@ -52,3 +52,38 @@ def jacobian_matrix(op, p, first_order=False):
                       shape=(op.size, op.size))
     m.eliminate_zeros()
     return m
+
+
+def pinned(matrix, r):
+    """``matrix`` (sparse, N×N) with row r replaced by the unit row e_r, as CSC: a singular
+    operator whose columns sum to zero, with the one equation its others imply dropped."""
+    keep = np.ones(matrix.shape[0])
+    keep[r] = 0.0
+    unit = sp.csr_matrix(([1.0], ([r], [r])), shape=matrix.shape)
+    return (sp.diags(keep) @ matrix.tocsr() + unit).tocsc()
+
+
+def marginal_matrix(apply, basis, position_shape):
+    """CSR matrix (M × M, M = Π position_shape) of R·J·P: J the linear map ``apply`` (flat
+    N → flat N), P the basis with one column per position cell (``basis`` (M, N/M): the
+    column of cell j is basis[j] on that cell's velocity block, zero elsewhere), R the sum
+    over each position cell's velocity block. A position cell's rate depends on position
+    cells within ±2 along each position axis, so colouring position cells by (j_k mod 5)
+    yields every entry in 5^d products (d = len(position_shape))."""
+    d = len(position_shape)
+    m = basis.shape[0]
+    idx = np.indices(position_shape).reshape(d, -1)
+    color = np.ravel_multi_index(idx % 5, (5,) * d)
+    rows, cols, vals = [], [], []
+    for q, residue in enumerate(np.ndindex((5,) * d)):
+        summed = apply((basis * (color == q)[:, None]).ravel()).reshape(m, -1).sum(axis=1)
+        # the member j of colour q in reach of cell i: j_k ≡ residue_k (mod 5), |i_k − j_k| ≤ 2
+        j = idx + (np.array(residue)[:, None] - idx + 2) % 5 - 2
+        ok = np.all((j >= 0) & (j < np.array(position_shape)[:, None]), axis=0)
+        rows.append(np.nonzero(ok)[0])
+        cols.append(np.ravel_multi_index(j[:, ok], position_shape))
+        vals.append(summed[ok])
+    out = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                        shape=(m, m))
+    out.eliminate_zeros()
+    return out
