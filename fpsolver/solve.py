@@ -79,7 +79,7 @@ import scipy.sparse.linalg as spla
 from .analysis import moments
 from .errors import GridError, SolverError, UnstableError, UserError
 from .fv import FPOperator, jacobian_matrix
-from .fv.kernels import SSP_BLEND, SSP_COEFFICIENT, SSP_STAGES
+from .fv.kernels import SSP_COEFFICIENT, SSP_STAGES
 from .fv.policy import physical_memory_bytes, single_threaded_blas
 from .grid import sized_grid
 from .io import atomic_savez, read_checkpoint
@@ -508,16 +508,6 @@ class _Ros2:
                 "limiter_l1": self.limited_l1}
 
 
-def _ssp_rk3(op, p, dt, s1, s2, out):
-    """One SSP-RK(n², 3) step p → out (Ketcheson 2008, low-storage, n = kernels.SSP_N):
-    n² forward-Euler stages of Δt/(n² − n), one of them a convex combination with an
-    earlier stage, so positive up to Δt = (n² − n)/rate_max. Flat arrays; ``s1`` and
-    ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷ cells). The stages run in one
-    kernel call (:meth:`FPOperator.ssp_rk3_step`; the stage table is in
-    :mod:`fpsolver.fv.kernels`)."""
-    op.ssp_rk3_step(p, dt / SSP_COEFFICIENT, SSP_BLEND, s1, s2, out)
-
-
 @np.errstate(under="ignore")  # far-tail densities ~1e-300 flush to zero
 def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, resume=None,
            scheme="explicit"):
@@ -554,7 +544,7 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
     try:
         while state.step < n_steps:
             if ros2 is None:
-                _ssp_rk3(op, state.p, dt, k, stage, out)
+                op.ssp_rk3_step(state.p, dt, k, stage, out)
             else:
                 ros2(state.p, out)
             state.p, out = out, state.p

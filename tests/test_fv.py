@@ -56,14 +56,15 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     op = make()
     p = rng.random(op.size)
     h = 0.3 / op.max_rate()
-    twin = reference.ssp_rk3_step(p, h, 0.6, *op.kernel_args())
+    twin = reference.ssp_rk3_step(p, h, *op.kernel_args())
     s1, s2, out = (np.empty(op.size) for _ in range(3))
-    kernels.ssp_rk3_kernel(p, h, 0.6, *op.kernel_args(), False, 2, s1, s2, out)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, s1, s2, out)
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
     streamed = np.empty(op.size)
-    kernels.ssp_rk3_kernel(p, h, 0.6, *op.kernel_args(), True, 5, s1, s2, streamed)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, s1, s2, streamed)
     np.testing.assert_array_equal(streamed, out)
-    np.testing.assert_array_equal(op.ssp_rk3_step(p, h, 0.6, s1, s2, np.empty(op.size)), out)
+    dt = h * kernels.SSP_COEFFICIENT
+    np.testing.assert_array_equal(op.ssp_rk3_step(p, dt, s1, s2, np.empty(op.size)), out)
 
 
 def _ssp_amplification(z):

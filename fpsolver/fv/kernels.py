@@ -399,8 +399,8 @@ SSP_BLEND = SSP_N / (2.0 * SSP_N - 1.0)
 
 
 @kernel
-def ssp_rk3_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h,
-                   stream, tasks, s1, s2, out):
+def ssp_rk3_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h, stream,
+                   tasks, s1, s2, out):
     """One SSP-RK(n², 3) step p → out (flat, N; s1, s2 scratch, none of them p): n²
     forward-Euler stages o = a·s1 + b·(w + h·L(w)), each one pass over the rows, in one
     call (one call per stage from Python spent more time in dispatch than in the stages on
@@ -410,7 +410,7 @@ def ssp_rk3_kernel(p, h, blend, shape, strides, vel0, velg, dif, cross, cross_li
     per = _rows_per_task(n_rows, tasks)
     bufs = (p, s1, s2, out)
     for stage in range(SSP_STAGES):
-        a = blend if stage == SSP_BLEND_STAGE else 0.0
+        a = SSP_BLEND if stage == SSP_BLEND_STAGE else 0.0
         b = 1.0 - a
         w = bufs[SSP_READS[stage]]
         o = bufs[SSP_WRITES[stage]]

@@ -144,12 +144,16 @@ class FPOperator:
         """dp/dt = −∇·F(p) of the (nonlinear, limited) scheme; same shape as p."""
         return self._rate_kernel(p, p, kernels.SCHEME, out)
 
-    def ssp_rk3_step(self, p, h, blend, s1, s2, out):
-        """out = one SSP-RK(n², 3) step from p with stages of length h (flat; ``s1``, ``s2``
-        scratch; :func:`kernels.ssp_rk3_kernel`) in one kernel call."""
+    def ssp_rk3_step(self, p, dt, s1, s2, out):
+        """out = one SSP-RK(n², 3) step of length dt from p (Ketcheson 2008, low-storage,
+        n = kernels.SSP_N): n² forward-Euler stages of dt/(n² − n), one of them a convex
+        combination with an earlier stage, so positive up to dt = (n² − n)/rate_max. Flat
+        arrays; ``s1`` and ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷
+        cells). The stages run in one kernel call (:func:`kernels.ssp_rk3_kernel`, which
+        holds the stage table)."""
         with threads_for(self.size, passes=kernels.SSP_STAGES) as tasks:
-            kernels.ssp_rk3_kernel(self._flat(p), h, blend, *self.kernel_args(), self.stream,
-                                   tasks, s1, s2, out)
+            kernels.ssp_rk3_kernel(self._flat(p), dt / kernels.SSP_COEFFICIENT,
+                                   *self.kernel_args(), self.stream, tasks, s1, s2, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):
