@@ -36,18 +36,12 @@ def drift_rates(op):
     return float(re.min()), float(re.max())
 
 
-def overdamped(op):
-    """True when the drift's relaxation rates spread at least OVERDAMPED_RATIO-fold."""
-    slow, fast = drift_rates(op)
-    return fast >= OVERDAMPED_RATIO * slow
-
-
 def conditional_velocity_profiles(op):
     """(n_θ, n_v) array: per position cell (rows, C order), the stationary Gaussian's
     conditional density of v given θ at the cell centres, at the velocity cell centres,
     normalised to sum 1 over the row."""
     d = op.grid.ndim // 2
-    cov = theory.lyapunov(op.drift, 2 * op.diffusion)
+    cov = theory.stationary_cov(op)
     gain = cov[d:, :d] @ np.linalg.inv(cov[:d, :d])
     precision = np.linalg.inv(cov[d:, d:] - gain @ cov[d:, :d].T)
     centers = op.grid.centers

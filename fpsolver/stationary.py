@@ -2,25 +2,22 @@
 
 :func:`stationary`: Newton's method on L(p)p = 0, ∫p = 1. The limited scheme is
 homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise"; it
-starts from the stationary density of the first-order (upwind) operator W. 2-D grids:
-sparse LU of the probed Jacobian, reused for chord steps while they contract the residual
-at least 2-fold (a chord step that does not is redone as a Newton step), every step
-backtracked (:func:`_line_search`; from 96² up started from the half-grid solution: 1-5
-LUs).
+starts from the continuous equation's stationary Gaussian (:func:`gaussian_start`).
+2-D grids: sparse LU of the probed Jacobian, reused for chord steps while they contract
+the residual at least 2-fold (a chord step that does not is redone as a Newton step),
+every step backtracked (:func:`_line_search`; resolved grids: 1 LU).
 4-D grids: inexact Newton, GMRES(10) on the matrix-free Jacobian (relative tolerance
 1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
 first-order operator (one tridiagonal line solve per axis), with a coarse correction on
-the slow manifold for overdamped drifts (:mod:`fpsolver.preconditioner`), started
-from the solution on the grid with half the cells (nested iteration down to 12 cells per
-axis; the coarse levels are solved to NESTED_TOL only), each GMRES capped at a product
-budget (:func:`_budget`). 64⁴ (16.7 M cells, §13 case) converges to a relative residual
-of 2.4e-8 in 2 Newton steps from the 32⁴ solution: 92 s, 1152 Jacobian products in all,
-about 4 GB on 2 cores, L1 error 6.9e-3 (unpreconditioned GMRES needed ~15× more
-iterations on the 2-D analogue).
+the slow manifold for overdamped drifts (:mod:`fpsolver.preconditioner`), each GMRES
+capped at a product budget (:func:`_budget`). 64⁴ (16.7 M cells, §13 case) converged, from
+the half grid's solution (the start before), to a relative residual of 2.4e-8 in 2 Newton
+steps: 92 s, 1152 Jacobian products in all, about 4 GB on 2 cores, L1 error 6.9e-3
+(unpreconditioned GMRES needed ~15× more iterations on the 2-D analogue).
 GMRES(10): more products than GMRES(20) (32⁴: 739 vs 613) but less Gram-Schmidt traffic,
 which on 64⁴ costs as much as a product (32⁴: 5.0 vs 6.4 s; 64⁴: 106 vs 117 s).
 
-Long solves checkpoint (:class:`StationaryCheckpoint`: the Newton iterate and its level)
+Long solves checkpoint (:class:`StationaryCheckpoint`: the Newton iterate)
 and resume with :func:`load_stationary_checkpoint`.
 
 Residuals are reported as ‖Lp‖₁ (∫|∂_t p|, 1/time) and relative to rate_max
@@ -35,9 +32,8 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from .errors import SolverError, UserError
-from .fv import FPOperator, jacobian_matrix, pinned
+from .fv import jacobian_matrix, pinned
 from .fv.policy import single_threaded_blas
-from .grid import uniform_grid
 from .io import atomic_savez, read_checkpoint
 from .preconditioner import StationaryPreconditioner
 from .solve import SolveResult
@@ -49,7 +45,7 @@ class StationaryCheckpoint:
     """Writes ``path`` (npz: the Newton iterate p, its grid shape, the Newton steps taken
     and ``key``, which identifies the problem) atomically after a Newton step once
     ``every_s`` seconds of wall time have passed since the last write, and when the solve
-    is interrupted. Nested solves checkpoint their coarse levels the same way."""
+    is interrupted."""
 
     def __init__(self, path, key, every_s=30.0):
         self.path, self.key, self.every_s = Path(path), str(key), every_s
@@ -190,36 +186,17 @@ def _positive_part(op, p, res, tol, vol):
     return (q, res_q) if res_q / op.max_rate() < tol else (p, res)
 
 
-def _first_order_solution(op, vol):
-    """Stationary density of the first-order operator W (an M-matrix: positive; flat,
-    normalised), the start of Newton's iteration on an unnested grid. 2-D: sparse LU with
-    the density pinned to 1 in the cell holding the stationary mean (a dense normalisation
-    row, set through LIL, took 40 % of a 48² stationary solve); 4-D: GMRES on W δ = −W p₀
-    from a constant p₀, preconditioned by :class:`StationaryPreconditioner`."""
-    if use_direct(op):
-        r = np.ravel_multi_index(op.grid.cell_of(op.mean), op.shape)
-        rhs = np.zeros(op.size)
-        rhs[r] = 1.0
-        p = spla.spsolve(pinned(jacobian_matrix(op, None, first_order=True), r), rhs)
-    else:
-        a = spla.LinearOperator((op.size, op.size), matvec=op.first_order_apply, dtype=float)
-        m = StationaryPreconditioner(op, op.first_order_apply).operator()
-        p0 = np.full(op.size, 1.0 / (op.size * vol))
-        with single_threaded_blas():
-            delta, _ = spla.gmres(a, -op.first_order_apply(p0), rtol=1e-6,
-                                  restart=GMRES_RESTART, maxiter=GMRES_PRODUCTS // GMRES_RESTART,
-                                  M=m)
-        p = p0 + delta
-    p = np.maximum(p, 0.0)
-    return p / (p.sum() * vol)
-
-
-def prolong(p, grid, fine):
-    """Piecewise-linear interpolation of cell averages p on ``grid`` to the ``fine`` grid."""
-    from scipy.interpolate import RegularGridInterpolator
-    f = RegularGridInterpolator(grid.centers, p, bounds_error=False, fill_value=None)
-    out = np.maximum(f(fine.mesh().reshape(-1, fine.ndim)), 0.0)
-    return out / (out.sum() * fine.cell_volume)
+def gaussian_start(op):
+    """The stationary Gaussian of the continuous equation, N(mean, P) with AP + PAᵀ = 2D,
+    at the cell centres (flat, normalised): where Newton starts. The discrete stationary
+    density differs from it by the discretisation error, O(h²) where resolved; the
+    first-order operator's stationary density (the start before) differs by O(h) and took
+    2-15× the Newton steps (§13 case 24⁴ / 32⁴: 10 / 8 steps, 5.0 / 13 s, nested from the
+    half grid; from the Gaussian 2 / 2 steps, 0.6 / 2.5 s, the same density to 3e-6)."""
+    from . import theory
+    p = theory.gaussian_cell_averages(op.mean, theory.stationary_cov(op), op.grid.edges,
+                                      order=1).ravel()
+    return p / (p.sum() * op.grid.cell_volume)
 
 
 def use_direct(op):
@@ -241,8 +218,6 @@ GMRES_PRODUCTS = 80
 # 1.4-4.5×, a window of two steps 24⁴ 1.6× (steps alternate between good and poor).
 GMRES_MAX_PRODUCTS = 640
 RATE_WINDOW = 4
-NESTED_MIN_CELLS = 12  # coarser grids (8⁴) are too coarse to converge: no use as a start
-NESTED_TOL = 1e-5  # GMRES: the half grid's solve need not beat the interpolation error
 KRYLOV_MIN_TOL = 1e-7  # relative residual the 4-D GMRES solve reaches within its budget
 
 
@@ -265,43 +240,30 @@ def stationary_tolerance(op, steady_tol):
 
 
 @np.errstate(under="ignore")
-def stationary(op, p0=None, tol=1e-10, max_iter=40, nested=None, krylov_tol=1e-3,
-               checkpoint=None, resume=None, progress=None):
+def stationary(op, p0=None, tol=1e-10, max_iter=40, krylov_tol=1e-3, checkpoint=None,
+               resume=None, progress=None):
     """Stationary density of ``op``: Newton on Lp = 0, ∫p = 1 (see module docstring).
 
-    ``p0``: initial guess (default: the first-order operator's stationary density, or the
-    solution on the grid with half the cells per axis when ``nested`` is true, the default
-    for GMRES grids and 2-D grids from 96² up). Stops when ‖Lp‖₁/rate_max < tol ("converged") or after ``max_iter`` Newton or
-    chord steps ("max_iter"). ``checkpoint``: a :class:`StationaryCheckpoint` (written on
-    its schedule and on Ctrl-C); ``resume``: (p, shape, steps) from
-    :func:`load_stationary_checkpoint` continues that level's Newton iteration (a coarser
-    level's iterate resumes the nested solve there). The GMRES path is deterministic, so a
-    resumed solve ends at the same answer; the direct path restarts with a fresh LU.
-    ``progress``: a tqdm bar, advanced by every Newton step (of every level) with the
-    level's grid and relative residual as its postfix.
+    ``p0``: initial guess (default :func:`gaussian_start`). Stops when ‖Lp‖₁/rate_max < tol
+    ("converged") or after ``max_iter`` Newton or chord steps ("max_iter").
+    ``checkpoint``: a :class:`StationaryCheckpoint` (written on its schedule and on
+    Ctrl-C); ``resume``: (p, shape, steps) from :func:`load_stationary_checkpoint`
+    continues that Newton iteration (a checkpoint of another grid shape is ignored). The
+    GMRES path is deterministic, so a resumed solve ends at the same answer; the direct
+    path restarts with a fresh LU. ``progress``: a tqdm bar, advanced by every Newton step
+    with the grid and relative residual as its postfix.
     """
     start = time.perf_counter()
     grid = op.grid
     vol = grid.cell_volume
     direct = use_direct(op)
-    nested = (not direct or op.size >= 96 ** 2) if nested is None else nested
     n_rhs = 0
     it0 = 0
-    resumed = resume is not None and tuple(resume[1]) == tuple(grid.shape)
-    if resumed:
-        p0, it0 = resume[0], resume[2]
-    elif p0 is None and nested and min(grid.shape) // 2 >= NESTED_MIN_CELLS:
-        coarse = uniform_grid([n // 2 for n in grid.shape], grid.bounds)
-        cop = FPOperator(coarse, op.drift, op.diffusion, op.mean)
-        sub_tol = tol if direct else max(tol, NESTED_TOL)  # coarse LU steps are cheap
-        sub = stationary(cop, tol=sub_tol, max_iter=max_iter, krylov_tol=krylov_tol,
-                         checkpoint=checkpoint, resume=resume, progress=progress)
-        n_rhs += sub.n_rhs
-        p0 = prolong(sub.p, coarse, grid)
-    if resumed:  # a checkpointed iterate is already normalised: renormalising changes bits
-        p = np.array(p0, float).ravel()
+    if resume is not None and tuple(resume[1]) == tuple(grid.shape):
+        # a checkpointed iterate is already normalised: renormalising changes bits
+        p, it0 = np.array(resume[0], float).ravel(), resume[2]
     elif p0 is None:
-        p = _first_order_solution(op, vol)
+        p = gaussian_start(op)
     else:
         p = np.array(p0, float).ravel()
         p = p / (p.sum() * vol)
