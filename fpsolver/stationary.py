@@ -10,10 +10,11 @@ every step backtracked (:func:`_line_search`; resolved grids: 1 LU).
 1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
 first-order operator (one tridiagonal line solve per axis), with a coarse correction on
 the slow manifold for overdamped drifts (:mod:`fpsolver.preconditioner`), each GMRES
-capped at a product budget (:func:`_budget`). 64⁴ (16.7 M cells, §13 case) converged, from
-the half grid's solution (the start before), to a relative residual of 2.4e-8 in 2 Newton
-steps: 92 s, 1152 Jacobian products in all, about 4 GB on 2 cores, L1 error 6.9e-3
-(unpreconditioned GMRES needed ~15× more iterations on the 2-D analogue).
+capped at a product budget (:func:`_budget`). 64⁴ (16.7 M cells, §13 case) converges to a
+relative residual of 7.3e-8 in 1 Newton step: 38 s, 86 Jacobian products, about 4 GB on 2
+cores, L1 error 6.9e-3 (from the half grid's solution, the start before: 2 steps, 92 s,
+1152 products in all; unpreconditioned GMRES needed ~15× more iterations on the 2-D
+analogue).
 GMRES(10): more products than GMRES(20) (32⁴: 739 vs 613) but less Gram-Schmidt traffic,
 which on 64⁴ costs as much as a product (32⁴: 5.0 vs 6.4 s; 64⁴: 106 vs 117 s).
 
