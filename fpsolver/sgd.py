@@ -275,10 +275,17 @@ def build_model(case):
     hyper = case.sgd
     data = None
     if case.loss.linear_regression is not None:
-        data = generate_linear_regression(case.loss.linear_regression)
-        hessian = data.hessian
-        mu = data.minimum(hyper.weight_decay)
-        exact_sigma = data.gradient_covariance(mu)
+        try:
+            with np.errstate(over="raise", invalid="raise"):
+                data = generate_linear_regression(case.loss.linear_regression)
+                hessian = data.hessian
+                mu = data.minimum(hyper.weight_decay)
+                exact_sigma = data.gradient_covariance(mu)
+                _fitted_sigma2(exact_sigma, hessian)
+        except FloatingPointError as err:
+            raise CaseError(f"loss.linear_regression: the data set's Hessian or gradient "
+                            f"covariance does not fit in float64 ({err}); scale the features, "
+                            "true_weights or label_noise down") from None
     else:
         hessian = np.array(case.loss.hessian, dtype=float)
         mu = _quadratic_minimum(hessian, hyper.weight_decay, case.loss.minimum)

@@ -154,6 +154,20 @@ def test_batch_size_above_samples():
         case_from_dict(data)
 
 
+def test_data_set_beyond_float64_is_refused_without_warnings():
+    """Feature eigenvalue 1e300: XᵀX overflows. One CaseError naming the table, and no
+    numpy RuntimeWarning lines before it (they used to print)."""
+    import warnings
+    data = with_("loss", {"linear_regression": {"n_samples": 64,
+                                                "feature_eigenvalues": [1e300, 1.0]}})
+    data.pop("noise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CaseError, match="loss.linear_regression: .* does not fit in "
+                                            "float64"):
+            build_model(case_from_dict(data))
+
+
 def test_from_arrays_validates_too():
     with pytest.raises(CaseError, match="sgd.momentum"):
         PhaseSpaceModel.from_arrays([[1.0]], [[1.0]], lr=0.1, momentum=1.2)
