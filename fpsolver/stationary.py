@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse.linalg as spla
 
+from . import theory
 from .errors import SolverError, UserError
 from .fv import jacobian_matrix, pinned
 from .fv.policy import single_threaded_blas
@@ -194,7 +195,6 @@ def gaussian_start(op):
     first-order operator's stationary density (the start before) differs by O(h) and took
     2-15× the Newton steps (§13 case 24⁴ / 32⁴: 10 / 8 steps, 5.0 / 13 s, nested from the
     half grid; from the Gaussian 2 / 2 steps, 0.6 / 2.5 s, the same density to 3e-6)."""
-    from . import theory
     p = theory.gaussian_cell_averages(op.mean, theory.stationary_cov(op), op.grid.edges,
                                       order=1).ravel()
     return p / (p.sum() * op.grid.cell_volume)
