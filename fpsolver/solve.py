@@ -599,9 +599,10 @@ class Problem:
     stationary: tuple
 
 
-# peak memory of a run per cell: 4-D stationary solves (Krylov basis, then nested levels, the
-# exact cell averages) took 4 GB at 64⁴ (240 B/cell) and 1.5 GB at 48⁴ (280, process
-# included); a 128⁴ default grid ran out of memory and was killed without a word
+# peak memory of a run per cell: 4-D stationary solves (Krylov basis, the exact cell
+# averages) took 4.25 GB at 64⁴ (254 B/cell; 4 GB with the nested levels before) and 1.5 GB
+# at 48⁴ (280, process included); a 128⁴ default grid ran out of memory and was killed
+# without a word
 PEAK_BYTES_PER_CELL = 300
 
 
