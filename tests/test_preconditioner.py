@@ -20,14 +20,14 @@ from fpsolver.solve import setup_problem
 NONCOMMUTING = Path(__file__).resolve().parents[1] / "examples" / "noncommuting.toml"
 
 
-def _overdamped(hessian, cells, lr=1.5e-3):
-    """Plain SGD (β = 0) at learning rate ``lr`` on ``hessian``: friction 1/η ≈ 680 against
-    position rates ~0.1 (a random case whose 4-D solve stalled at 1e-2 with line solves
-    alone)."""
+def _overdamped(hessian, cells):
+    """Plain SGD (β = 0) at η = 1.5e-3 on ``hessian``: the velocity relaxes at ≈ 1370 per
+    unit time, the position at ~0.1 (a random case whose 4-D solve stalled at 1e-2 with
+    line solves alone)."""
     d = len(hessian)
     return setup_problem(case_from_dict({
         "name": "overdamped",
-        "sgd": {"lr": lr, "momentum": 0.0, "weight_decay": 0.011, "batch_size": 244},
+        "sgd": {"lr": 1.5e-3, "momentum": 0.0, "weight_decay": 0.011, "batch_size": 244},
         "loss": {"hessian": hessian, "minimum": [0.0] * d},
         "noise": {"model": "proportional", "sigma2": 0.015},
         "grid": {"cells": cells}}))
