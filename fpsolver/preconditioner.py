@@ -60,34 +60,37 @@ def conditional_velocity_profiles(op):
 
 
 class StationaryPreconditioner:
-    """M ≈ J⁻¹ for ``apply`` (w ↦ J w, flat), see the module docstring. ``tau``: the fine
-    part's pseudo-time step; ``coarse``: whether the slow-manifold correction is on.
-    Building it costs 5^d products with J when it is (``n_products``)."""
+    """M ≈ J⁻¹ (see the module docstring) for the Jacobians of one operator: ``tau``, the
+    fine part's pseudo-time step, ``coarse``, whether the slow-manifold correction is on,
+    and its velocity profiles depend on the operator only and are set up once;
+    :meth:`operator` takes each J."""
 
-    def __init__(self, op, apply):
+    def __init__(self, op):
         self.op = op
         slow, fast = drift_rates(op)
         self.coarse = fast >= OVERDAMPED_RATIO * slow
         self.tau = 1.0 / np.sqrt(op.max_rate() * (fast if self.coarse else slow))
-        self.n_products = 0
         if self.coarse:
             d = op.grid.ndim // 2
             self.profiles = conditional_velocity_profiles(op)
-            galerkin = marginal_matrix(apply, self.profiles, op.shape[:d])
-            self.n_products = 5 ** d
             # the equation the others imply (columns sum to zero): the mean's cell's
             self.row = int(np.ravel_multi_index(op.grid.cell_of(op.mean[:d]), op.shape[:d]))
-            self.lu = spla.splu(pinned(galerkin, self.row), permc_spec="COLAMD")
+            self.lu = None
 
-    def __call__(self, r):
+    def operator(self, apply):
+        """The preconditioner of J = ``apply`` (w ↦ J w, flat) as a scipy LinearOperator;
+        with the coarse correction on, its Galerkin matrix costs 5^d products with J."""
+        if self.coarse:
+            positions = self.op.shape[:self.op.grid.ndim // 2]
+            galerkin = marginal_matrix(apply, self.profiles, positions)
+            self.lu = spla.splu(pinned(galerkin, self.row), permc_spec="COLAMD")
+        n = self.op.size
+        return spla.LinearOperator((n, n), matvec=self._apply, dtype=float)
+
+    def _apply(self, r):
         x = self.op.af_precondition(self.tau, r)
         if self.coarse:
             marginal = r.reshape(self.profiles.shape[0], -1).sum(axis=1)
             marginal[self.row] = 0.0
             x += (self.profiles * self.lu.solve(marginal)[:, None]).ravel()
         return x
-
-    def operator(self):
-        """The preconditioner as a scipy LinearOperator."""
-        n = self.op.size
-        return spla.LinearOperator((n, n), matvec=self, dtype=float)

@@ -281,7 +281,7 @@ def build_model(case):
                 hessian = data.hessian
                 mu = data.minimum(hyper.weight_decay)
                 exact_sigma = data.gradient_covariance(mu)
-                _fitted_sigma2(exact_sigma, hessian)
+                exact_sigma2 = _fitted_sigma2(exact_sigma, hessian)
         except FloatingPointError as err:
             raise CaseError(f"loss.linear_regression: the data set's Hessian or gradient "
                             f"covariance does not fit in float64 ({err}); scale the features, "
@@ -289,21 +289,20 @@ def build_model(case):
     else:
         hessian = np.array(case.loss.hessian, dtype=float)
         mu = _quadratic_minimum(hessian, hyper.weight_decay, case.loss.minimum)
-        exact_sigma = None
+        exact_sigma = exact_sigma2 = None
     noise = case.noise
     d = len(hessian)
     if noise.model == "exact":
-        sigma = exact_sigma
+        sigma, sigma2 = exact_sigma, exact_sigma2
     elif noise.model == "matrix":
         sigma = np.array(noise.matrix, dtype=float)
         _check_psd(sigma, "noise.matrix")
+        sigma2 = _fitted_sigma2(sigma, hessian)
     else:
-        sigma2 = noise.sigma2 if noise.sigma2 is not None else _fitted_sigma2(exact_sigma, hessian)
+        sigma2 = noise.sigma2 if noise.sigma2 is not None else exact_sigma2
         sigma = sigma2 * (hessian if noise.model == "proportional" else np.eye(d))
         if noise.model == "proportional":
             _check_psd(hessian, "loss.hessian (Σ = σ²H needs H positive semi-definite)")
-    sigma2 = (sigma2 if noise.model in ("proportional", "isotropic")
-              else _fitted_sigma2(sigma, hessian))
     model = PhaseSpaceModel(hyper, hessian, mu, sigma, float(sigma2), noise.model, data)
     _check_fluctuating(model)
     return model

@@ -154,11 +154,12 @@ def _line_search(op, p, delta, res, vol):
     return (*best, n_rates)
 
 
-def _newton_krylov(op, p, rate, res, vol, rel_tol, budget):
+def _newton_krylov(op, p, rate, res, vol, rel_tol, budget, precond):
     """One inexact Newton step from p (rate = L p, res = ‖rate‖₁): GMRES on
-    Jac(p) δ = −L(p)p, matrix-free, preconditioned by :class:`StationaryPreconditioner`, at
-    most about ``budget`` products, then :func:`_line_search`. Returns (p, rate, ‖rate‖₁,
-    Jacobian products, rate evaluations)."""
+    Jac(p) δ = −L(p)p, matrix-free, preconditioned by ``precond`` (the operator's
+    :class:`StationaryPreconditioner`), at most about ``budget`` products, then
+    :func:`_line_search`. Returns (p, rate, ‖rate‖₁, Jacobian products, rate
+    evaluations)."""
     count = [0]
     product = np.empty(op.size)  # reused: each product is consumed before the next
 
@@ -167,7 +168,7 @@ def _newton_krylov(op, p, rate, res, vol, rel_tol, budget):
         return op.jacobian_apply(p, w, out=product)
 
     a = spla.LinearOperator((op.size, op.size), matvec=matvec, dtype=float)
-    m = StationaryPreconditioner(op, matvec).operator()
+    m = precond.operator(matvec)
     with single_threaded_blas():
         delta, _ = spla.gmres(a, -rate, rtol=rel_tol, restart=GMRES_RESTART,
                               maxiter=budget // GMRES_RESTART, M=m)
@@ -192,9 +193,10 @@ def gaussian_start(op):
     """The stationary Gaussian of the continuous equation, N(mean, P) with AP + PAᵀ = 2D,
     at the cell centres (flat, normalised): where Newton starts. The discrete stationary
     density differs from it by the discretisation error, O(h²) where resolved; the
-    first-order operator's stationary density (the start before) differs by O(h) and took
-    2-15× the Newton steps (§13 case 24⁴ / 32⁴: 10 / 8 steps, 5.0 / 13 s, nested from the
-    half grid; from the Gaussian 2 / 2 steps, 0.6 / 2.5 s, the same density to 3e-6)."""
+    first-order operator's stationary density (the start before) differs by O(h) and
+    mostly took several times the Newton steps (§13 case 24⁴ / 32⁴: 10 / 8 steps, 5.0 / 13
+    s, nested from the half grid; from the Gaussian 2 / 2 steps, 0.6 / 2.5 s, the same
+    density to 3e-6; 2-D β = 0.999 at 24²: 17 steps before, 20 now)."""
     p = theory.gaussian_cell_averages(op.mean, theory.stationary_cov(op), op.grid.edges,
                                       order=1).ravel()
     return p / (p.sum() * op.grid.cell_volume)
@@ -273,6 +275,7 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, krylov_tol=1e-3, checkpoint=
     res = np.abs(rate).sum() * vol
     status, it, chord = "max_iter", it0, False
     solver = _DirectSolver(op) if direct else None
+    precond = None if direct else StationaryPreconditioner(op)
     budget, residuals = GMRES_PRODUCTS, [res / rate_max]
     try:
         for it in range(it0 + 1, max_iter + 1):
@@ -282,7 +285,7 @@ def stationary(op, p0=None, tol=1e-10, max_iter=40, krylov_tol=1e-3, checkpoint=
                 n_rhs += n_rates
             else:
                 p, rate, res, nmv, n_rates = _newton_krylov(op, p, rate, res, vol, krylov_tol,
-                                                            budget)
+                                                            budget, precond)
                 n_rhs += nmv + n_rates
             if not np.all(np.isfinite(p)):
                 raise SolverError("the stationary solve produced NaN; the grid is too coarse")
