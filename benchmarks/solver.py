@@ -546,7 +546,10 @@ def main(argv=None):
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     from fpsolver import __version__
-    result = {"benchmark": "solver", "version": __version__, "threads": args.threads,
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip() or None
+    result = {"benchmark": "solver", "version": __version__, "commit": commit,
+              "threads": args.threads,
               "machine": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average_start": os.getloadavg()}
     # FiPy's large solves last: after them this process ran fpsolver up to 50 % slower
