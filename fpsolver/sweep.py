@@ -61,8 +61,12 @@ import copy
 import hashlib
 import itertools
 import json
+import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -698,6 +702,21 @@ def _failure_row(sweep, point, exc):
             "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
 
 
+@contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the enclosed code runs (main thread only): processes started
+    meanwhile inherit that, so Ctrl-C reaches this process alone, which closes the cluster
+    (each local worker printed a KeyboardInterrupt traceback of ~40 lines before)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 def _start_client(scheduler, workers):
     """(client, cluster): connected to ``scheduler``, or to a new LocalCluster (cluster not
     None) of ``workers`` single-threaded worker processes (Numba single-threaded too)."""
@@ -708,8 +727,12 @@ def _start_client(scheduler, workers):
             return Client(scheduler, timeout="10s"), None
         except OSError as exc:
             raise UserError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=":0", env={"NUMBA_NUM_THREADS": "1"})
+    with _sigint_ignored():
+        # worker log lines below ERROR (a task cancelled by Ctrl-C, a slow event loop
+        # while numba compiles) are noise here: a failing point becomes an error row
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=":0", env={"NUMBA_NUM_THREADS": "1"},
+                               silence_logs=logging.ERROR)
     return Client(cluster), cluster
 
 
@@ -719,7 +742,9 @@ def run_sweep(sweep, out, scheduler=None, workers=2, progress=True, log=print):
     ``scheduler``: address of a running scheduler (its workers must import fpsolver); else a
     LocalCluster of ``workers`` single-threaded worker processes. Each point's row is
     written to ``out/points/`` as it completes; finished points are skipped, so running a
-    killed sweep again only does the rest. ``log``: where the one-line messages go.
+    killed sweep again only does the rest. Ctrl-C ends it with one line that counts the
+    saved points (the local workers ignore SIGINT and are closed with the cluster).
+    ``log``: where the one-line messages go.
     """
     from distributed import as_completed
     from tqdm import tqdm
@@ -741,17 +766,23 @@ def run_sweep(sweep, out, scheduler=None, workers=2, progress=True, log=print):
             futures = client.map(evaluate_point, [sweep] * len(todo), todo, key=keys,
                                  retries=RETRIES, pure=False)
             by_key = {f.key: p for f, p in zip(futures, todo)}
-            bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", disable=not progress)
-            for future in as_completed(futures):
-                point = by_key[future.key]
-                if future.status == "finished":
-                    row = future.result()
-                else:
-                    row = _failure_row(sweep, point, future.exception())
-                atomic_write_json(point_path(out, point.index), row)
-                future.release()
-                bar.update()
-            bar.close()
+            with tqdm(total=len(todo), desc=f"sweep {sweep.name}", disable=not progress) as bar:
+                try:
+                    for future in as_completed(futures):
+                        point = by_key[future.key]
+                        if future.status == "finished":
+                            row = future.result()
+                        else:
+                            row = _failure_row(sweep, point, future.exception())
+                        atomic_write_json(point_path(out, point.index), row)
+                        future.release()
+                        bar.update()
+                except KeyboardInterrupt:
+                    bar.close()
+                    saved = len(finished_points(out))
+                    log(f"interrupted: {saved} of {len(points)} points are saved in "
+                        f"{out / POINTS_DIR}; the same command runs the rest")
+                    raise
         finally:
             client.close()
             if cluster is not None:

@@ -344,6 +344,38 @@ def test_killed_sweep_resumes_to_the_same_table(reference, cluster, sweep_file, 
                                   check_exact=True)
 
 
+def test_ctrl_c_stops_the_sweep_in_one_message_and_keeps_finished_points(sweep_file,
+                                                                         tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C): exit status 130, no traceback
+    from the sweep or its worker processes, and a line that counts the saved points."""
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "fpsolver", "sweep", str(sweep_file), "--out", str(out),
+           "--workers", "1", "--quiet", "--no-figures"]
+    env = {**os.environ, "NUMBA_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                          os.environ.get("PYTHONPATH", "")])}
+    # a shell's background job starts with SIGINT ignored: give the sweep the default
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    try:
+        while not list(out.glob("points/*.json")) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the sweep ended before writing a point"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    saved = len(list(out.glob("points/*.json")))
+    assert proc.returncode == 130 and 0 < saved < 5
+    assert "Traceback" not in stderr and "WARNING" not in stderr, stderr
+    assert f"interrupted: {saved} of 5 points are saved" in stdout
+    assert stderr.strip().endswith("fpsolver: interrupted")
+
+
 def test_crashing_point_is_retried_then_recorded_and_rerun_on_resume(cluster, tmp_path,
                                                                      monkeypatch):
     """An unexpected exception is retried (Dask retries = 2), then kept as an "error" row;
