@@ -10,6 +10,7 @@ Ornstein–Uhlenbeck process in phase space z = (θ, v) (absolute coordinates)::
 with mass m = η(1+β)/2, K = H + λI and time t = kη.
 """
 
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -48,6 +49,11 @@ class Hyperparameters:
     def friction(self):
         """(1−β)/m = 2γ, the velocity damping rate per unit time."""
         return (1 - self.momentum) / self.mass
+
+
+# largest ratio of the fastest to the slowest relaxation rate a model may have (see
+# PhaseSpaceModel._check_timescales)
+MAX_RATE_SPREAD = 1e12
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,8 @@ class PhaseSpaceModel:
         _check_regularised_hessian(self.hessian, self.hyper.weight_decay)
         _check_psd(self.noise_cov, "noise covariance Σ")
         self._check_stability()
+        self._check_representable()
+        self._check_timescales()
 
     def _check_stability(self):
         """Heavy-ball stability: η(h_i+λ) < 2(1+β) for every Hessian mode i."""
@@ -159,6 +167,49 @@ class PhaseSpaceModel:
                     f"discrete SGD is unstable: mode {i} has η(h+λ) = {eta * k:.6g} >= 2(1+β) = "
                     f"{bound:.6g} (over the bound by {100 * (eta * k / bound - 1):.3g} %); "
                     f"lower sgd.lr below {bound / k:.6g}")
+
+    def _check_representable(self):
+        """The drift K/m and diffusion (η/S)Σ/(2m²) (m = η(1+β)/2) finite in float64, else a
+        CaseError naming sgd.lr (at η = 1e-300, m² underflowed to 0 and scipy raised a
+        ValueError traceback from the theory)."""
+        try:
+            with np.errstate(over="raise", divide="raise", invalid="raise", under="ignore"):
+                ok = np.all(np.isfinite(self.drift)) and np.all(np.isfinite(self.diffusion))
+        except FloatingPointError as err:
+            ok, why = False, f" ({err})"
+        else:
+            why = ""
+        if not ok:
+            self.__dict__.pop("drift", None)  # no cached half-built coefficients
+            self.__dict__.pop("diffusion", None)
+            raise CaseError(
+                f"sgd.lr = {self.hyper.lr:g} puts the phase-space SDE outside float64{why}: "
+                f"its drift K/m and diffusion (η/S)Σ/(2m²), m = η(1+β)/2 = {self.mass:.3g}, "
+                "must be finite; raise sgd.lr or rescale loss.hessian and the noise")
+
+    def relaxation_rates(self):
+        """(slowest, fastest) real part of A's eigenvalues (1/time), per Hessian mode from
+        the heavy-ball roots (f ± √(f² − 4k/m))/2, f the friction, the slow root in its
+        cancellation-free form 2(k/m)/(f + √(f² − 4k/m)): eig(A) loses it once the spread
+        passes 1/ε."""
+        f = self.friction
+        w2 = np.linalg.eigvalsh(self.K) / self.mass
+        disc = np.sqrt(np.maximum(f * f - 4 * w2, 0.0))
+        slow = np.where(disc > 0, 2 * w2 / (f + disc), f / 2)
+        return float(slow.min()), float(np.max(np.where(disc > 0, f - slow, f / 2)))
+
+    def _check_timescales(self):
+        """Refuse relaxation rates spread more than MAX_RATE_SPREAD: the continuous
+        Lyapunov solve then loses about ε × spread of relative precision (d = 1 against the
+        closed form: spread 4e10 → 3.6e-6, 2e12 → 1.1e-5, 4e13 → 5.3e-3, 2e14 → 2.4e-2, then
+        O(1)), and neither a grid nor a chain of steps resolves both times."""
+        slow, fast = self.relaxation_rates()
+        if not slow * MAX_RATE_SPREAD >= fast:
+            raise CaseError(
+                f"the relaxation rates span {slow:.3g} to {fast:.3g} (1/time), a ratio of "
+                f"{fast / max(slow, 1e-300):.3g} > {MAX_RATE_SPREAD:g}: the stationary theory "
+                "would be known only to about 1e-16 times that ratio; check loss.hessian "
+                "(its smallest eigenvalue with weight_decay), sgd.lr and sgd.momentum")
 
     @classmethod
     def from_arrays(cls, hessian, noise_cov, lr, momentum=0.0, weight_decay=0.0, batch_size=1,
@@ -318,9 +369,17 @@ def _check_fluctuating(model):
     """Refuse noise that leaves the stationary density degenerate (zero noise had the
     theory fail on a singular matrix and the solver blame grid.bounds)."""
     from .theory import stationary_cov
-    cov = stationary_cov(model)
-    var = np.diag(cov)
-    corr = cov / np.sqrt(np.outer(var, var)) if np.all(var > 0) else cov
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        # scipy's warnings about a near-singular Lyapunov problem precede the refusals
+        warnings.simplefilter("ignore", RuntimeWarning)
+        cov = stationary_cov(model)
+        var = np.diag(cov)
+        corr = cov / np.sqrt(np.outer(var, var)) if np.all(var > 0) else cov
+    if not np.all(np.isfinite(corr)):
+        rates = np.abs(np.linalg.eigvals(model.drift).real)
+        raise CaseError(f"the stationary covariance is not finite in float64: the relaxation "
+                        f"rates span {rates.min():.3g} to {rates.max():.3g} (1/time); check "
+                        "loss.hessian and sgd.lr")
     ev = np.linalg.eigvalsh(corr)
     if not ev[0] > DEGENERATE * ev[-1]:
         key = {"matrix": "noise.matrix", "exact": "loss.linear_regression",

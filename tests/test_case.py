@@ -168,6 +168,44 @@ def test_data_set_beyond_float64_is_refused_without_warnings():
             build_model(case_from_dict(data))
 
 
+def test_learning_rate_beyond_float64_is_refused_naming_sgd_lr():
+    """η = 1e-300: m² underflows, so the diffusion ηΣ/(2Sm²) and K/m are not finite (a
+    scipy ValueError traceback before). One CaseError naming sgd.lr, no warnings."""
+    import warnings
+    for hessian in ([[1e300]], [[1e-30]]):
+        data = with_("loss.hessian", hessian)
+        data["sgd"]["lr"] = 1e-300
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CaseError, match=r"sgd.lr = 1e-300 puts the phase-space SDE "
+                                                r"outside float64"):
+                build_model(case_from_dict(data))
+
+
+@pytest.mark.parametrize("h, accepted", [(1e-9, True), (1e-12, False), (1e-30, False)])
+def test_relaxation_rates_spread_beyond_1e12_is_refused(h, accepted):
+    """Plain SGD (η = 0.05, β = 0: friction 40), one Hessian eigenvalue h: the rates are
+    ≈ 40 and h, spread 4e10 / 4e13 / 4e31. At 4e13 the continuous Lyapunov solve was off
+    by 5.3e-3 against the closed form (and O(1) beyond 1e15, with no error): refused. At
+    4e10 it is accepted and within 1e-4 (ε × spread = 8.9e-6; measured 3.6e-6)."""
+    import warnings
+    data = with_("loss.hessian", [[h]])
+    data["sgd"].update(momentum=0.0, weight_decay=0.0)
+    if not accepted:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(CaseError, match=r"relaxation rates span 1e-\d+ to 40 "
+                                                r"\(1/time\), a ratio of 4e\+\d+ > 1e\+12"):
+                build_model(case_from_dict(data))
+        return
+    model = build_model(case_from_dict(data))
+    slow, fast = model.relaxation_rates()
+    assert slow == pytest.approx(h, rel=1e-9) and fast == pytest.approx(40.0, rel=1e-9)
+    exact = theory.stationary_cov_closed_form(model)
+    got = theory.stationary_cov(model)
+    np.testing.assert_allclose(np.diag(got), np.diag(exact), rtol=1e-4)
+
+
 def test_from_arrays_validates_too():
     with pytest.raises(CaseError, match="sgd.momentum"):
         PhaseSpaceModel.from_arrays([[1.0]], [[1.0]], lr=0.1, momentum=1.2)
