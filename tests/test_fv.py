@@ -56,15 +56,43 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     op = make()
     p = rng.random(op.size)
     h = 0.3 / op.max_rate()
-    twin = reference.ssp_rk3_step(p, h, *op.kernel_args())
+    twin = reference.ssp_rk3_step(p, h, *op.kernel_args(), flush=op.flush)
     s1, s2, out = (np.empty(op.size) for _ in range(3))
-    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, s1, s2, out)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out)
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
     streamed = np.empty(op.size)
-    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, s1, s2, streamed)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, op.flush, s1, s2, streamed)
     np.testing.assert_array_equal(streamed, out)
     dt = h * kernels.SSP_COEFFICIENT
     np.testing.assert_array_equal(op.ssp_rk3_step(p, dt, s1, s2, np.empty(op.size)), out)
+
+
+def test_explicit_step_flushes_subnormal_tails_and_keeps_nan(rng):
+    """Mass in the first θ row of 100, every other cell at 1e-320 … 1e-260 (subnormal
+    below 2.2e-308): the 25 stages reach at most 50 rows, so the step stores exact zeros
+    where the unflushed step leaves values below op.flush, equals its twin, and keeps the
+    mass to 1e-14 (what is dropped is ≤ 1e-250 of it); a NaN is not flushed away."""
+    op = FPOperator(uniform_grid((100, 10), ((-5.0, 5.0), (-2.0, 2.2))),
+                    np.array([[0.0, -1.0], [20.6, 2.1]]), np.diag([0.0, 0.34]), np.zeros(2))
+    vol = op.grid.cell_volume
+    h = 0.3 / op.max_rate()
+    with np.errstate(under="ignore"):  # subnormal on purpose
+        p = 10.0 ** rng.uniform(-320, -260, op.size)
+        p[:10] = 1.0
+        p /= p.sum() * vol
+        unflushed = reference.ssp_rk3_step(p, h, *op.kernel_args())
+        twin = reference.ssp_rk3_step(p, h, *op.kernel_args(), flush=op.flush)
+    tiny = (unflushed != 0.0) & (np.abs(unflushed) < op.flush)
+    assert tiny.sum() > op.size // 4  # the far cells
+    s1, s2, out = (np.empty(op.size) for _ in range(3))
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out)
+    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
+    assert np.all(out[tiny] == 0.0) and np.abs(out[out != 0.0]).min() >= op.flush
+    assert op.flush > np.finfo(float).tiny
+    assert abs(out.sum() * vol - 1.0) < 1e-14
+    p[7] = np.nan
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out)
+    assert np.isnan(out).any()
 
 
 def _ssp_amplification(z):

@@ -47,6 +47,10 @@ from ..errors import SolverError
 from . import kernels
 from .policy import streams_output, threads_for
 
+# explicit steps flush densities below this fraction of the box's uniform density to 0:
+# ~1e-250 of a resolved peak is far below any error, yet far above the subnormal range
+FLUSH_RELATIVE = 1e-250
+
 
 class FPOperator:
     """−∇·J on ``grid`` for dz = −A(z − mean)dt + noise with diffusion matrix D.
@@ -94,6 +98,9 @@ class FPOperator:
         self.velg = -drift * h[None, :]
         self.shape_arr = np.array(self.shape, dtype=np.int64)
         self.stream = streams_output(self.size)  # non-temporal stores of rates and stages
+        # explicit steps store densities below this as 0 (FLUSH_RELATIVE × the uniform
+        # density of unit mass on the box): no subnormal tails (kernels.ssp_rk3_kernel)
+        self.flush = FLUSH_RELATIVE / (grid.cell_volume * self.size)
         self._lines = {}
         self._max_rate = None
 
@@ -150,10 +157,12 @@ class FPOperator:
         combination with an earlier stage, so positive up to dt = (n² − n)/rate_max. Flat
         arrays; ``s1`` and ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷
         cells). The stages run in one kernel call (:func:`kernels.ssp_rk3_kernel`, which
-        holds the stage table)."""
+        holds the stage table). Values below ``self.flush`` become 0 (mass change
+        ≤ FLUSH_RELATIVE, 1e-250)."""
         with threads_for(self.size, passes=kernels.SSP_STAGES) as tasks:
             kernels.ssp_rk3_kernel(self._flat(p), dt / kernels.SSP_COEFFICIENT,
-                                   *self.kernel_args(), self.stream, tasks, s1, s2, out)
+                                   *self.kernel_args(), self.stream, tasks, self.flush, s1,
+                                   s2, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):
