@@ -272,10 +272,12 @@ class PhaseSpaceModel:
 
     @property
     def commuting(self):
-        """Whether Σ commutes with H (then generalised detailed balance holds)."""
-        c = self.noise_cov @ self.hessian - self.hessian @ self.noise_cov
-        scale = np.linalg.norm(self.noise_cov) * np.linalg.norm(self.hessian)
-        return bool(np.linalg.norm(c) <= 1e-12 * max(scale, 1e-300))
+        """Whether Σ commutes with H (then generalised detailed balance holds); each scaled
+        to unit largest entry first (commuting is scale-free; ‖Σ‖ overflowed at σ² = 1e300)."""
+        s, h = (m / (np.abs(m).max() or 1.0) for m in (self.noise_cov, self.hessian))
+        c = s @ h - h @ s
+        return bool(np.linalg.norm(c) <= 1e-12 * max(np.linalg.norm(s) * np.linalg.norm(h),
+                                                      1e-300))
 
     @cached_property
     def drift(self):
@@ -367,24 +369,26 @@ DEGENERATE = 1e-12
 
 def _check_fluctuating(model):
     """Refuse noise that leaves the stationary density degenerate (zero noise had the
-    theory fail on a singular matrix and the solver blame grid.bounds)."""
+    theory fail on a singular matrix and the solver blame grid.bounds) or its covariance
+    beyond float64 (σ² = 1e308: a scipy ValueError traceback before)."""
     from .theory import stationary_cov
+    key = {"matrix": "noise.matrix", "exact": "loss.linear_regression",
+           "proportional": "noise.sigma2 and loss.hessian (Σ = σ²H)"}.get(
+               model.noise_model, "noise.sigma2")
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         # scipy's warnings about a near-singular Lyapunov problem precede the refusals
         warnings.simplefilter("ignore", RuntimeWarning)
-        cov = stationary_cov(model)
-        var = np.diag(cov)
-        corr = cov / np.sqrt(np.outer(var, var)) if np.all(var > 0) else cov
+        try:
+            cov = stationary_cov(model)
+        except ValueError:  # scipy refuses the infinities of an overflowed balancing
+            cov = np.full((2 * model.dim,) * 2, np.inf)
+        sd = np.sqrt(np.diag(cov))  # scaled one side at a time: var·var overflowed at 1e300
+        corr = cov / sd[:, None] / sd[None, :] if np.all(sd > 0) else cov
     if not np.all(np.isfinite(corr)):
-        rates = np.abs(np.linalg.eigvals(model.drift).real)
-        raise CaseError(f"the stationary covariance is not finite in float64: the relaxation "
-                        f"rates span {rates.min():.3g} to {rates.max():.3g} (1/time); check "
-                        "loss.hessian and sgd.lr")
+        raise CaseError(f"the stationary covariance (AP + PAᵀ = 2D) does not fit in float64: "
+                        f"the noise is too large for this loss; check {key}")
     ev = np.linalg.eigvalsh(corr)
     if not ev[0] > DEGENERATE * ev[-1]:
-        key = {"matrix": "noise.matrix", "exact": "loss.linear_regression",
-               "proportional": "noise.sigma2 and loss.hessian (Σ = σ²H)"}.get(
-                   model.noise_model, "noise.sigma2")
         raise CaseError(f"the gradient noise leaves a direction without fluctuations "
                         f"(stationary correlation eigenvalues {ev[0]:.3g} to {ev[-1]:.3g}): "
                         f"the stationary density is degenerate; check {key}")

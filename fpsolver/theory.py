@@ -25,12 +25,15 @@ def lyapunov(a, q, discrete=False):
     units in which a is balanced (scipy's matrix_balance, diagonal scales s: a → S⁻¹aS,
     q → S⁻¹qS⁻¹, P = S P' S). θ and v may differ by many orders: at η = 1e-8, h = 1e6 the
     unbalanced continuous solve returned P_vv = 1.4 and a negative P_θθ (exact: 1.6e5 and
-    1.6e-9) with a relative residual of 1e-14."""
+    1.6e-9) with a relative residual of 1e-14. P is linear in q, so q is solved at unit
+    size and P scaled back: σ² = 1e300 (q ~ 1e300) came back as 1e-304 instead of 3e298."""
     _, (scale, _) = sla.matrix_balance(a, permute=False, separate=True)
     outer = np.outer(scale, scale)
     ab = a / scale[:, None] * scale[None, :]
+    qb = q / outer
+    size = float(np.max(np.abs(qb))) or 1.0
     solve = sla.solve_discrete_lyapunov if discrete else sla.solve_continuous_lyapunov
-    p = solve(ab, q / outer) * outer
+    p = solve(ab, qb / size) * size * outer
     return (p + p.T) / 2
 
 

@@ -182,6 +182,27 @@ def test_learning_rate_beyond_float64_is_refused_naming_sgd_lr():
                 build_model(case_from_dict(data))
 
 
+def test_huge_noise_is_solved_at_unit_scale_or_refused_naming_the_noise():
+    """σ² = 1e300 (η = 0.05, β = 0.9, S = 8, h = 1): P equals the closed form
+    P_θθ = ησ²/(2S(1−β)), P_vv = σ²h/(S(1−β²)) to round-off (the Lyapunov solve returned
+    1e-304 for 3e298 before it solved at unit scale); σ² = 1e308 makes 2D overflow: one
+    CaseError naming the noise (a scipy ValueError traceback before), no warnings."""
+    import warnings
+    data = with_("loss.hessian", [[1.0]])
+    data["sgd"]["weight_decay"] = 0.0
+    data["noise"]["sigma2"] = 1e300
+    p = theory.stationary_cov(build_model(case_from_dict(data)))
+    assert p[0, 0] == pytest.approx(0.05e300 / (2 * 8 * 0.1), rel=1e-12)
+    assert p[1, 1] == pytest.approx(1e300 / (8 * (1 - 0.81)), rel=1e-12)
+    assert abs(p[0, 1]) < 1e-12 * p[1, 1]  # 0 exactly (round-off)
+    data["noise"]["sigma2"] = 1e308
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CaseError, match=r"does not fit in float64: the noise is too large "
+                                            r"for this loss; check noise.sigma2"):
+            build_model(case_from_dict(data))
+
+
 @pytest.mark.parametrize("h, accepted", [(1e-9, True), (1e-12, False), (1e-30, False)])
 def test_relaxation_rates_spread_beyond_1e12_is_refused(h, accepted):
     """Plain SGD (η = 0.05, β = 0: friction 40), one Hessian eigenvalue h: the rates are
