@@ -315,23 +315,35 @@ def test_explicit_scheduler_gives_identical_results(reference, cluster, sweep_fi
                                   check_exact=True)
 
 
-def test_killed_sweep_resumes_to_the_same_table(reference, cluster, sweep_file, tmp_path):
-    out = tmp_path / "killed"
+def _sweep_cli_at_first_point(sweep_file, out):
+    """``fpsolver sweep`` (one worker) in a session of its own, returned once it has
+    written its first point (output piped; SIGINT at its default: a shell's background job
+    starts with SIGINT ignored)."""
     cmd = [sys.executable, "-m", "fpsolver", "sweep", str(sweep_file), "--out", str(out),
            "--workers", "1", "--quiet", "--no-figures"]
     env = {**os.environ, "NUMBA_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
                                           os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     try:
         while not list(out.glob("points/*.json")) and time.monotonic() < deadline:
             assert proc.poll() is None, "the sweep ended before writing a point"
             time.sleep(0.02)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes
-        proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return proc
+
+
+def test_killed_sweep_resumes_to_the_same_table(reference, cluster, sweep_file, tmp_path):
+    out = tmp_path / "killed"
+    proc = _sweep_cli_at_first_point(sweep_file, out)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker processes
+    proc.communicate()
     before = {p.name: p.read_bytes() for p in out.glob("points/*.json")}
     assert 0 < len(before) < 5  # killed in the middle
     assert not (out / "results.parquet").exists()
@@ -349,26 +361,14 @@ def test_ctrl_c_stops_the_sweep_in_one_message_and_keeps_finished_points(sweep_f
     """SIGINT to the process group (a terminal's Ctrl-C): exit status 130, no traceback
     from the sweep or its worker processes, and a line that counts the saved points."""
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "fpsolver", "sweep", str(sweep_file), "--out", str(out),
-           "--workers", "1", "--quiet", "--no-figures"]
-    env = {**os.environ, "NUMBA_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
-                                          os.environ.get("PYTHONPATH", "")])}
-    # a shell's background job starts with SIGINT ignored: give the sweep the default
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 60
+    proc = _sweep_cli_at_first_point(sweep_file, out)
+    os.killpg(proc.pid, signal.SIGINT)
     try:
-        while not list(out.glob("points/*.json")) and time.monotonic() < deadline:
-            assert proc.poll() is None, "the sweep ended before writing a point"
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.communicate()
     saved = len(list(out.glob("points/*.json")))
     assert proc.returncode == 130 and 0 < saved < 5
     assert "Traceback" not in stderr and "WARNING" not in stderr, stderr
