@@ -98,9 +98,7 @@ class FPOperator:
         self.velg = -drift * h[None, :]
         self.shape_arr = np.array(self.shape, dtype=np.int64)
         self.stream = streams_output(self.size)  # non-temporal stores of rates and stages
-        # explicit steps store densities below this as 0 (FLUSH_RELATIVE × the uniform
-        # density of unit mass on the box): no subnormal tails (kernels.ssp_rk3_kernel)
-        self.flush = FLUSH_RELATIVE / (grid.cell_volume * self.size)
+        self.flush = FLUSH_RELATIVE / (grid.cell_volume * self.size)  # × uniform density
         self._lines = {}
         self._max_rate = None
 
