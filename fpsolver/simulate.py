@@ -94,12 +94,12 @@ _KI, _WI, _FI, _ZIG_R = _ziggurat_tables()
 _ZIG_INV_R = 1.0 / _ZIG_R
 
 
-@njit(inline="always")
+@njit(forceinline=True)
 def _rotl(x, k):
     return (x << k) | (x >> (_U64 - k))
 
 
-@njit(inline="always")
+@njit(forceinline=True)
 def _next(s0, s1, s2, s3):
     """xoshiro256**: one uint64 and the new state (Blackman & Vigna)."""
     result = _rotl(s1 * _U5, _U7) * _U9
@@ -113,21 +113,21 @@ def _next(s0, s1, s2, s3):
     return result, s0, s1, s2, s3
 
 
-@njit(inline="always")
+@njit(forceinline=True)
 def _uniform(s0, s1, s2, s3):
     """U[0, 1) with 53 random bits."""
     r, s0, s1, s2, s3 = _next(s0, s1, s2, s3)
     return (r >> _U11) * _TWO_M53, s0, s1, s2, s3
 
 
-@njit(inline="always")
+@njit(forceinline=True)
 def _below(s0, s1, s2, s3, n):
     """Uniform integer in [0, n) (bias ≤ n·2⁻⁵³)."""
     u, s0, s1, s2, s3 = _uniform(s0, s1, s2, s3)
     return min(int(u * n), n - 1), s0, s1, s2, s3
 
 
-@njit(inline="always")
+@njit(forceinline=True)
 def _normal(s0, s1, s2, s3):
     """One N(0, 1) draw (ziggurat) and the new state."""
     while True:
