@@ -5,6 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from fpsolver.fv import FPOperator, jacobian_matrix, kernels, reference
+from fpsolver.fv.policy import num_threads
 from fpsolver.grid import uniform_grid
 
 
@@ -62,6 +63,11 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
     streamed = np.empty(op.size)
     kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, op.flush, s1, s2, streamed)
+    np.testing.assert_array_equal(streamed, out)
+    # three tasks on one thread run one after the other: the first takes every block of
+    # every stage (a task waits only for blocks that a running task has taken)
+    with num_threads(1):
+        kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 3, op.flush, s1, s2, streamed)
     np.testing.assert_array_equal(streamed, out)
     dt = h * kernels.SSP_COEFFICIENT
     np.testing.assert_array_equal(op.ssp_rk3_step(p, dt, s1, s2, np.empty(op.size)), out)
