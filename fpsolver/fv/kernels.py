@@ -273,6 +273,16 @@ def _row_index(row, shape, idx):
 
 
 @helper
+def _next_row_index(shape, idx):
+    """Advance idx[:-1], the outer-axis indices of a row, to the next row's."""
+    for k in range(shape.size - 2, -1, -1):
+        idx[k] += 1
+        if idx[k] < shape[k]:
+            return
+        idx[k] = 0
+
+
+@helper
 def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
               inv_h, acc, buf, ring, padw, padp):
     """acc = −∇·F(w) on one row of a task that started at row r0. acc, buf: scratch of the
@@ -287,8 +297,12 @@ def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, c
     for k in range(nd - 1):
         ik = idx[k]
         ih = inv_h[k]
-        step = strides[k] // nl  # rows between neighbours along axis k
-        slot = np.uint64(off + (row % step) * nl)
+        step = 1  # rows between neighbours along axis k ...
+        phase = 0  # ... and row % step, from the indices (integer division is slow)
+        for m in range(nd - 2, k, -1):
+            phase += idx[m] * step
+            step *= shape[m]
+        slot = np.uint64(off + phase * nl)
         if ik > 0:
             if row - step < r0:
                 _outer_row_flux(k, c - strides[k], ik - 1, idx, p, w, jac, shape, strides,
@@ -347,8 +361,8 @@ def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif
     idx, acc, buf, padw, padp, ring = scratch
     n = np.uint64(w.size)
     src = w if a == 0.0 else x  # x is not read when its weight is 0
+    _row_index(r0, shape, idx)
     for row in range(r0, min(n_rows, r0 + per)):
-        _row_index(row, shape, idx)
         for k in range(nd - 1):  # the farthest rows this task reads next along axis k
             ahead = np.uint64(row * nl + 2 * strides[k] + PREFETCH_AHEAD)
             if ahead + np.uint64(nl) <= n:
@@ -371,6 +385,7 @@ def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif
             for j in range(np.uint64(nl)):
                 v = a * src[o + j] + b * w[o + j] + c * acc[j]
                 out[o + j] = 0.0 if abs(v) < flush else v
+        _next_row_index(shape, idx)
     if stream:
         store_fence()
 
