@@ -8,6 +8,10 @@ Kernel calls below ``PARALLEL_MIN_CELLS`` cell updates run on one thread. Rate k
 an otherwise idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128² 27 vs 16 µs,
 256² 95 vs 51 µs, 4-D 64⁴ 107 vs 55 ms. A busy second core turns the second thread into a loss
 (OpenMP threads wait for each other), so sweep workers run with NUMBA_NUM_THREADS=1.
+
+numba checks a cached kernel only against its own source file: after editing
+:mod:`~fpsolver.fv.stores` or :mod:`~fpsolver.fv.sync` (intrinsics the kernels inline),
+delete ``fpsolver/fv/__pycache__/*.nb[ci]`` or the kernels keep the old code.
 """
 
 import contextlib

@@ -18,7 +18,7 @@ from numba.core import errors
 from numba.extending import intrinsic
 
 
-def _element_pointer(context, builder, array_type, array, index):
+def element_pointer(context, builder, array_type, array, index):
     """LLVM pointer to array[index] (1-D contiguous array, unchecked index)."""
     data = context.make_array(array_type)(context, builder, array).data
     return builder.gep(data, [index])
@@ -36,7 +36,7 @@ def stream_store(typingctx, array, index, value):
     def codegen(context, builder, signature, args):
         arr, idx, val = args
         val = context.cast(builder, val, signature.args[2], signature.args[0].dtype)
-        store = builder.store(val, _element_pointer(context, builder, signature.args[0], arr,
+        store = builder.store(val, element_pointer(context, builder, signature.args[0], arr,
                                                     idx))
         store.set_metadata("nontemporal",
                            builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
@@ -61,7 +61,7 @@ def store_fence(typingctx):
 def prefetch(typingctx, array, index):
     """Hint that array[index]'s cache line will be read soon (no effect on results)."""
     def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], *args)
+        ptr = element_pointer(context, builder, signature.args[0], *args)
         i8p = ir.IntType(8).as_pointer()
         i32 = ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])

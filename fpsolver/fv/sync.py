@@ -3,8 +3,10 @@
 numba's ``prange`` ends every parallel loop with a fork-join of the thread pool: about
 2 µs on the 2-core VM, a fifth of an SSP-RK stage on a 48² grid. A kernel that keeps its
 tasks alive across stages instead counts finished blocks with :func:`atomic_add` and
-waits on :func:`atomic_load` (see :func:`fpsolver.fv.kernels.ssp_rk3_kernel`).
+waits for the count with :func:`wait_for` (see :func:`fpsolver.fv.kernels.ssp_rk3_kernel`).
 """
+
+import os
 
 from llvmlite import ir
 from numba import types
@@ -12,7 +14,7 @@ from numba.core import errors
 from numba.extending import intrinsic
 
 from .policy import helper
-from .stores import _element_pointer
+from .stores import element_pointer
 
 
 def _check_counter(array, index, name):
@@ -31,7 +33,7 @@ def atomic_add(typingctx, array, index, value):
     def codegen(context, builder, signature, args):
         arr, idx, val = args
         val = context.cast(builder, val, signature.args[2], types.int64)
-        ptr = _element_pointer(context, builder, signature.args[0], arr, idx)
+        ptr = element_pointer(context, builder, signature.args[0], arr, idx)
         return builder.atomic_rmw("add", ptr, val, "seq_cst")
 
     return types.int64(array, index, value), codegen
@@ -43,7 +45,7 @@ def atomic_load(typingctx, array, index):
     _check_counter(array, index, "atomic_load")
 
     def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], *args)
+        ptr = element_pointer(context, builder, signature.args[0], *args)
         return builder.load_atomic(ptr, "acquire", 8)
 
     return types.int64(array, index), codegen
@@ -52,13 +54,15 @@ def atomic_load(typingctx, array, index):
 @intrinsic
 def yield_cpu(typingctx):
     """Give the CPU to another thread (POSIX ``sched_yield``): a task that has spun long
-    on a counter lets a descheduled partner run on a busy machine."""
+    on a counter lets a descheduled partner run on a busy machine. Elsewhere a no-op (the
+    task keeps polling)."""
 
     def codegen(context, builder, signature, args):
-        fnty = ir.FunctionType(ir.IntType(32), [])
-        fn = builder.module.globals.get("sched_yield") or ir.Function(builder.module, fnty,
-                                                                       "sched_yield")
-        builder.call(fn, [])
+        if os.name == "posix":
+            fnty = ir.FunctionType(ir.IntType(32), [])
+            fn = (builder.module.globals.get("sched_yield")
+                  or ir.Function(builder.module, fnty, "sched_yield"))
+            builder.call(fn, [])
         return context.get_dummy_value()
 
     return types.void(), codegen
