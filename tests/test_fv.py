@@ -1,5 +1,7 @@
 """Finite-volume operator: numba kernels vs numpy twins, conservation, positivity, Jacobian."""
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -65,9 +67,17 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, op.flush, s1, s2, streamed)
     np.testing.assert_array_equal(streamed, out)
     # three tasks on one thread run one after the other: the first takes every block of
-    # every stage (a task waits only for blocks that a running task has taken)
-    with num_threads(1):
-        kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 3, op.flush, s1, s2, streamed)
+    # every stage (a task waits only for blocks that a running task has taken); run in a
+    # thread of its own so that a deadlock fails the test instead of hanging the suite
+    def one_thread():
+        with num_threads(1):
+            kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 3, op.flush, s1, s2,
+                                   streamed)
+    streamed[:] = np.nan
+    worker = threading.Thread(target=one_thread, daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "SSP step with 3 tasks on one thread did not finish"
     np.testing.assert_array_equal(streamed, out)
     dt = h * kernels.SSP_COEFFICIENT
     np.testing.assert_array_equal(op.ssp_rk3_step(p, dt, s1, s2, np.empty(op.size)), out)

@@ -406,7 +406,7 @@ def rate_kernel(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
                    cross, cross_lim, inv_h, stream, 0.0, _task_scratch(shape, strides), out)
 
 
-# SSP-RK(n², 3) with this n: n² stages, SSP coefficient n² − n. n = 10 needs 9-12 % fewer
+# SSP-RK(n², 3) with this n: n² stages, SSP coefficient n² − n. n = 10 needs 5-12 % fewer
 # stages for the benchmark transient and ran it about that much faster (48²-96²), but
 # takes 4.5× longer steps (time error ∝ step³) and 100-stage kernel calls
 SSP_N = 5

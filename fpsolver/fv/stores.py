@@ -37,7 +37,7 @@ def stream_store(typingctx, array, index, value):
         arr, idx, val = args
         val = context.cast(builder, val, signature.args[2], signature.args[0].dtype)
         store = builder.store(val, element_pointer(context, builder, signature.args[0], arr,
-                                                    idx))
+                                                   idx))
         store.set_metadata("nontemporal",
                            builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
         return context.get_dummy_value()
