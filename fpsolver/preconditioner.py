@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from . import theory
-from .fv import marginal_matrix, pinned
+from .fv import marginal_matrix, pinned, sparse_lu
 
 OVERDAMPED_RATIO = 15.0  # max/min Re eig A from which the slow-manifold correction is added
 
@@ -83,7 +83,7 @@ class StationaryPreconditioner:
         if self.coarse:
             positions = self.op.shape[:self.op.grid.ndim // 2]
             galerkin = marginal_matrix(apply, self.profiles, positions)
-            self.lu = spla.splu(pinned(galerkin, self.row), permc_spec="COLAMD")
+            self.lu = sparse_lu(pinned(galerkin, self.row))
         n = self.op.size
         return spla.LinearOperator((n, n), matvec=self._apply, dtype=float)
 
