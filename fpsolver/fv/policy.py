@@ -6,7 +6,10 @@ fast-math (NaN checks must keep working) and numpy's error model (a float divisi
 zero gives inf/NaN instead of a Python exception check, which keeps loops vectorisable).
 Kernel calls below ``PARALLEL_MIN_CELLS`` cell updates run on one thread. Rate kernel on
 an otherwise idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128² 27 vs 16 µs,
-256² 95 vs 51 µs, 4-D 64⁴ 107 vs 55 ms. A busy second core turns the second thread into a loss
+256² 95 vs 51 µs, 4-D 64⁴ 107 vs 55 ms; one rate evaluation from Python, the switch to
+one thread and back (~5 µs) included, with the threshold at 4096 vs 256 cells: 16² 15.5
+vs 12.8 µs, 24² 18.9 vs 15.0, 40² 25.1 vs 18.3, 48² 31.3 vs 19.0 (a day the VM ran at
+half its usual speed; the 2-D stationary solve evaluates the rate 30-40 times). A busy second core turns the second thread into a loss
 (OpenMP threads wait for each other), so sweep workers run with NUMBA_NUM_THREADS=1.
 
 numba checks a cached kernel only against its own source file: after editing
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numba
 
-PARALLEL_MIN_CELLS = 1 << 12
+PARALLEL_MIN_CELLS = 1 << 8
 ASSUMED_CACHE_BYTES = 32 << 20  # last-level cache where sysfs does not say
 
 kernel = numba.njit(parallel=True, cache=True, fastmath=False, nogil=True,
@@ -56,8 +59,8 @@ def num_threads(n=None):
 def threads_for(n_cells, passes=1):
     """Context: one thread below PARALLEL_MIN_CELLS cell updates per kernel call (``passes``
     sweeps over ``n_cells``), else all; yields the count. One rate evaluation from Python
-    broke even at 2304-4096 cells; the nine-stage SSP-RK(9,3) step, one call, at 256-576
-    (the 25-stage step of SSP-RK(25,3) reaches the threshold at 164 cells)."""
+    broke even near 256 cells (module docstring; 2304-4096 cells when this threshold was
+    first set, with the kernels of that time), so only grids below 16² stay on one thread."""
     return num_threads(1 if n_cells * passes < PARALLEL_MIN_CELLS else None)
 
 
