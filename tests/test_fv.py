@@ -46,9 +46,12 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     kernels.rate_kernel(p, w, jac, *op.kernel_args(), True, 7, streamed)
     np.testing.assert_array_equal(streamed, out)
     flux = np.empty((len(op.shape), op.size))
-    kernels.face_flux_kernel(p, w, jac, *op.kernel_args(), flux)
+    kernels.face_flux_kernel(p, w, jac, *op.kernel_args(), 2, flux)
     twin_f = reference.face_fluxes(p, w, jac, *op.kernel_args())
     np.testing.assert_allclose(flux, twin_f, rtol=0, atol=1e-13 * np.abs(twin_f).max())
+    other = np.empty_like(flux)  # another task count: the same numbers
+    kernels.face_flux_kernel(p, w, jac, *op.kernel_args(), 7, other)
+    np.testing.assert_array_equal(other, flux)
 
 
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])

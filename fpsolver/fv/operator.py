@@ -179,9 +179,10 @@ class FPOperator:
         ``first_order``); 0 on the walls."""
         wf = self._flat(w)
         res = np.empty((len(self.shape), self.size)) if out is None else out
-        with threads_for(self.size):
+        with threads_for(self.size) as tasks:
             kernels.face_flux_kernel(wf, wf, kernels.FIRST_ORDER if first_order else
-                                     kernels.SCHEME, *self.kernel_args(first_order), res)
+                                     kernels.SCHEME, *self.kernel_args(first_order), tasks,
+                                     res)
         return res.reshape((len(self.shape),) + self.shape)
 
     def divergence(self, flux, out=None):
