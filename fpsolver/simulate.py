@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange, types
 from numba.cpython.unsafe.tuple import tuple_setitem
-from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import overload
 
 from . import theory
+from .borrow import borrowed
 from .errors import SolverError, UserError
 from .fv.policy import num_threads
 
@@ -242,17 +242,6 @@ def _set_impl(container, i, value):
     return impl
 
 
-@intrinsic
-def _borrowed(typingctx, arr):
-    """A view of ``arr`` without reference counting (the caller keeps ``arr`` alive)."""
-    def codegen(context, builder, sig, args):
-        view = context.make_array(sig.args[0])(context, builder, value=args[0])
-        view.meminfo = cgutils.get_null_value(view.meminfo.type)
-        view.parent = cgutils.get_null_value(view.parent.type)
-        return view._getvalue()
-    return arr(arr), codegen
-
-
 def _size(template):
     """Entries of a container: len of a tuple (a compile-time constant), else columns."""
 
@@ -276,7 +265,7 @@ def _fresh_impl(template, row):
         return lambda template, row: template
 
     def impl(template, row):
-        out = _borrowed(template[row])
+        out = borrowed(template[row])
         out[:] = 0.0
         return out
     return impl

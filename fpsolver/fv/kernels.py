@@ -26,7 +26,7 @@ one, so Jacobian(p)·p equals the scheme applied to p.
 import numpy as np
 from numba import prange
 
-from .borrow import borrowed
+from ..borrow import borrowed
 from .policy import helper, kernel, subroutine
 from .stores import prefetch, store_fence, stream_store
 from .sync import atomic_add, wait_for
@@ -355,7 +355,7 @@ def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif
     stored as 0 (NaN kept); ``scratch`` from :func:`_task_scratch` holds the ring buffer.
     Each row first prefetches the rows its successors will reach (PREFETCH_AHEAD).
     ``stream``: write out with non-temporal stores (:mod:`fpsolver.fv.stores`). The rows
-    work on borrowed views of every array (:mod:`fpsolver.fv.borrow`), which the caller
+    work on borrowed views of every array (:mod:`fpsolver.borrow`), which the caller
     holds for the call: the reference counting of the arrays passed to the helpers per row
     took two thirds of the time of a 24-cell row (benchmark transient, two threads, best
     of three interleaved runs: 48² 15.6 → 11.1 ms, 64² 39.1 → 28.7, 96² 102 → 78, 128² 246

@@ -9,12 +9,14 @@ an otherwise idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128²
 256² 95 vs 51 µs, 4-D 64⁴ 107 vs 55 ms; one rate evaluation from Python, the switch to
 one thread and back (~5 µs) included, with the threshold at 4096 vs 256 cells: 16² 15.5
 vs 12.8 µs, 24² 18.9 vs 15.0, 40² 25.1 vs 18.3, 48² 31.3 vs 19.0 (a day the VM ran at
-half its usual speed; the 2-D stationary solve evaluates the rate 30-40 times). A busy second core turns the second thread into a loss
-(OpenMP threads wait for each other), so sweep workers run with NUMBA_NUM_THREADS=1.
+half its usual speed; the 2-D stationary solve evaluates the rate 30-40 times). A busy
+second core turns the second thread into a loss (OpenMP threads wait for each other), so
+sweep workers run with NUMBA_NUM_THREADS=1.
 
 numba checks a cached kernel only against its own source file: after editing
-:mod:`~fpsolver.fv.stores` or :mod:`~fpsolver.fv.sync` (intrinsics the kernels inline),
-delete ``fpsolver/fv/__pycache__/*.nb[ci]`` or the kernels keep the old code.
+:mod:`~fpsolver.fv.stores`, :mod:`~fpsolver.fv.sync` or :mod:`~fpsolver.borrow`
+(intrinsics the kernels inline), delete ``fpsolver/fv/__pycache__/*.nb[ci]`` (and
+``fpsolver/__pycache__/*.nb[ci]`` for the Monte-Carlo kernel) or they keep the old code.
 """
 
 import contextlib

@@ -1,4 +1,4 @@
-"""Array views without a reference count, for the kernels' row loops.
+"""Array views without a reference count, for hot loops of numba code.
 
 numba counts the references to an array's memory: a jitted function increments the count
 of each array argument it keeps and decrements it on return, and LLVM, which inlines the
@@ -8,7 +8,9 @@ helpers per row: 16 increments and as many decrements per row, which cost more t
 arithmetic on rows of 24-48 cells (one thread, 24-cell rows: 180 ns per row against
 60 ns with borrowed views). A :func:`borrowed` view has the same data, shape and strides
 and no count (numba's runtime skips a null one), so it is valid only while an owner holds
-the array: a function may borrow its own arguments for the length of its call.
+the array: a function may borrow its own arguments for the length of its call. The
+Monte-Carlo kernel (:mod:`fpsolver.simulate`) rebinds borrowed rows of its scratch the
+same way.
 """
 
 from numba import types
@@ -24,11 +26,7 @@ def borrowed(typingctx, array):
         raise errors.TypingError("borrowed(array): a numba array")
 
     def codegen(context, builder, signature, args):
-        array_type = signature.args[0]
-        source = context.make_array(array_type)(context, builder, args[0])
-        view = context.make_array(array_type)(context, builder)
-        for name in ("nitems", "itemsize", "data", "shape", "strides"):
-            setattr(view, name, getattr(source, name))
+        view = context.make_array(signature.args[0])(context, builder, value=args[0])
         view.meminfo = cgutils.get_null_value(view.meminfo.type)
         view.parent = cgutils.get_null_value(view.parent.type)
         return view._getvalue()
