@@ -32,6 +32,9 @@ Sections (one JSON object, same machine and run):
   negligible against space error); its time (best of ``--repeats``) enters
   ``time_to_l1``, and each grid records ``dt`` and the ladder (dt, wall time, L1).
   Target: L1 ≤ 3e-3 in ≤ 2 s and ≥ 20× faster than the reference.
+* Both sections then time the grids that decided each ratio again, in alternation
+  (``interleaved_time_to_l1``, :func:`_interleaved_ratios`): this VM's speed drifts over
+  minutes, and a ratio of two times taken minutes apart carries that drift.
 * ``stiff_2d``: plain SGD with η = 0.01 (strong friction): explicit vs implicit, and the
   scheme "auto" takes.
 * ``throughput``: cell updates/s of the explicit rate kernel on 1 and ``--threads``
@@ -54,6 +57,7 @@ busy machine can be recognised.
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -151,6 +155,49 @@ def _time_to(results, key, targets):
     return out
 
 
+def _cheapest(results, target):
+    """Cells of the fastest entry whose L1 error reaches ``target`` (None if none)."""
+    ok = [r for r in results if r["l1"] <= target]
+    return min(ok, key=lambda r: r["wall_s"])["cells"] if ok else None
+
+
+def _timed(fn, *args, **kwargs):
+    """Wall time (s) of one call fn(*args, **kwargs)."""
+    t0 = time.perf_counter()
+    fn(*args, **kwargs)
+    return time.perf_counter() - t0
+
+
+# alternating calls per solver when the two sides of a ratio are timed again together
+INTERLEAVED_ROUNDS = 9
+
+
+def _interleaved_ratios(runs, reruns, fast, others, targets):
+    """Per target: the cheapest grid of ``fast`` and of each of ``others`` that reaches it,
+    timed again in alternation (``reruns[(solver, cells)]`` makes one call and returns its
+    wall time; best of INTERLEAVED_ROUNDS rounds each), with each other solver's time as a
+    ratio to ``fast``'s. The sections time one solver's grids after the other's, and this
+    VM's speed drifted by up to 2× over minutes (two runs of the same code: 48² transient
+    11.7 and 18 ms), so a ratio of times taken minutes apart mixes in the drift; taken in
+    alternation both sides see the same machine."""
+    out = {}
+    for target in targets:
+        picks = {name: _cheapest(runs[name], target) for name in (fast, *others)}
+        picks = {name: n for name, n in picks.items() if n is not None}
+        if fast not in picks or len(picks) < 2:
+            out[f"{target:g}"] = None
+            continue
+        best = dict.fromkeys(picks, np.inf)
+        for _ in range(INTERLEAVED_ROUNDS):
+            for name, n in picks.items():
+                best[name] = min(best[name], reruns[(name, n)]())
+        out[f"{target:g}"] = {
+            **{name: {"cells": n, "wall_s": best[name]} for name, n in picks.items()},
+            f"ratio_to_{fast}": {name: best[name] / best[fast] for name in picks
+                                 if name != fast}}
+    return out
+
+
 def _exponent(a, b, key, floor=-np.inf):
     """Power-law exponent of entry field ``key`` in the cell count between entries a, b
     (at least ``floor``)."""
@@ -227,6 +274,16 @@ def _stationary_case(case, n):
     return prob, theory.gaussian_cell_averages(*prob.stationary, prob.grid.edges)
 
 
+def _fipy_wall(prob, scheme):
+    """FiPy's own wall time (mesh to residual) of one stationary solve."""
+    import warnings
+
+    from fpsolver import fipy_check
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fipy_check.solve_stationary(prob.model, prob.grid, scheme).wall_time_s
+
+
 def _fipy_stationary(prob, exact, scheme):
     """One FiPy stationary solve (its own wall time, mesh to residual) with its L1 error and
     peak memory."""
@@ -275,15 +332,20 @@ def stationary_2d(repeats, cap_s, cap_mb):
     case = default_case()
     fp, ref = [], []
     fipy = {s: [] for s in FIPY_SCHEMES}
+    reruns = {}
     for n in STATIONARY_GRIDS:
         prob, exact = _stationary_case(case, n)
         g, model = prob.grid, prob.model
+        arrays = (model.drift, model.diffusion, model.stationary_mean)
+        reruns[("fpsolver", n)] = functools.partial(_timed, stationary, prob.op)
+        reruns[("scipy_central_lu", n)] = functools.partial(_timed, central_stationary, g,
+                                                            arrays)
+        reruns[("fipy_central", n)] = functools.partial(_fipy_wall, prob, "central")
         stationary(prob.op, max_iter=1)  # JIT warm-up
         wall, res = _best(repeats, stationary, prob.op)
         fp.append({"cells": n, "wall_s": wall, "l1": float(np.abs(res.p - exact).sum()
                                                             * g.cell_volume),
                    "newton_steps": res.n_iter, "residual_rel": res.residual_rel})
-        arrays = (model.drift, model.diffusion, model.stationary_mean)
         wall, p = _best(repeats, central_stationary, g, arrays)
         ref.append({"cells": n, "wall_s": wall,
                     "l1": float(np.abs(p - exact).sum() * g.cell_volume),
@@ -302,6 +364,8 @@ def stationary_2d(repeats, cap_s, cap_mb):
     extrapolated = {k: _extrapolated_time_to(v, targets, fp_t) for k, v in runs.items()
                     if any(x is None for x in times[k].values())}
     return {**runs, "time_to_l1": times, "ratio_to_fpsolver": ratios,
+            "interleaved_time_to_l1": _interleaved_ratios(
+                runs, reruns, "fpsolver", ("fipy_central", "scipy_central_lu"), targets),
             "extrapolated_time_to_l1": extrapolated,
             "fipy_extension": {"grids": list(FIPY_EXTRA_GRIDS), "until_l1": FIPY_EXTEND_TARGET,
                                "cap_wall_s": cap_s, "cap_peak_rss_MB": cap_mb,
@@ -359,6 +423,7 @@ def transient_2d(repeats):
     e = sla.expm(-a * t_final)
     mt, ct = e @ m0, p_ss + e @ (c0 - p_ss) @ e.T
     fp, imp, ref = [], [], []
+    reruns = {}
     for n in TRANSIENT_GRIDS:
         g = sized_grid((n, n), (mean, p_ss), 6.0, initial=(m0, c0))
         op = FPOperator(g, a, d, mean)
@@ -378,11 +443,16 @@ def transient_2d(repeats):
         ref.append(_crank_nicolson_fair(g, (a, d, mean), p0, exact, t_final, repeats))
         print(f"  crank_nicolson {n}²: dt {ref[-1]['dt']:g}, L1 {ref[-1]['l1']:.3e}, "
               f"{ref[-1]['wall_s']:.2f} s", file=sys.stderr)
+        reruns[("fpsolver_explicit", n)] = functools.partial(_timed, evolve, op, p0, t_final)
+        reruns[("crank_nicolson_lu", n)] = functools.partial(
+            _timed, crank_nicolson, g, (a, d, mean), p0, t_final, ref[-1]["dt"])
     targets = (1e-2, 3e-3, 1e-3)
     runs = {"fpsolver_explicit": fp, "fpsolver_implicit": imp, "crank_nicolson_lu": ref}
     times = {k: _time_to(v, "l1", targets) for k, v in runs.items()}
     t_ref = times["crank_nicolson_lu"]
     return {**runs, "time_to_l1": times,
+            "interleaved_time_to_l1": _interleaved_ratios(
+                runs, reruns, "fpsolver_explicit", ("crank_nicolson_lu",), targets),
             "speedup_vs_crank_nicolson": {
                 k: {t: (t_ref[t] / v[t]) if (v[t] and t_ref[t]) else None for t in v}
                 for k, v in times.items() if k != "crank_nicolson_lu"}}
