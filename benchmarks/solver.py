@@ -177,9 +177,9 @@ def _interleaved_ratios(runs, reruns, fast, others, targets):
     timed again in alternation (``reruns[(solver, cells)]`` makes one call and returns its
     wall time; best of INTERLEAVED_ROUNDS rounds each), with each other solver's time as a
     ratio to ``fast``'s. The sections time one solver's grids after the other's, and this
-    VM's speed drifted by up to 2× over minutes (two runs of the same code: 48² transient
-    11.7 and 18 ms), so a ratio of times taken minutes apart mixes in the drift; taken in
-    alternation both sides see the same machine."""
+    VM's speed drifted by 1.5× within minutes (the same code ten minutes apart: rate kernel
+    at 256², one thread, 0.22e9 and 0.145e9 cells/s), so a ratio of times taken minutes
+    apart mixes in the drift; taken in alternation both sides see the same machine."""
     out = {}
     for target in targets:
         picks = {name: _cheapest(runs[name], target) for name in (fast, *others)}
