@@ -4,9 +4,9 @@ numba counts the references to an array's memory: a jitted function increments t
 of each array argument it keeps and decrements it on return, and LLVM, which inlines the
 kernels' helpers afterwards, keeps those calls into numba's runtime (each an atomic add).
 The row loop of :func:`fpsolver.fv.kernels._task_rows` passes about fifteen arrays to its
-helpers per row: 16 increments and as many decrements per row, which cost more than the
-arithmetic on rows of 24-48 cells (one thread, 24-cell rows: 180 ns per row against
-60 ns with borrowed views). A :func:`borrowed` view has the same data, shape and strides
+helpers per row: its machine code made 16 increment calls per row, and the decrements to
+match, which took half the time of a 24-cell row (one thread, fixed cost per row 175-185
+ns against 57-67 ns with borrowed views). A :func:`borrowed` view has the same data, shape and strides
 and no count (numba's runtime skips a null one), so it is valid only while an owner holds
 the array: a function may borrow its own arguments for the length of its call. The
 Monte-Carlo kernel (:mod:`fpsolver.simulate`) rebinds borrowed rows of its scratch the

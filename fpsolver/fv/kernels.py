@@ -348,6 +348,13 @@ def _task_scratch(shape, strides):
 
 
 @helper
+def _borrowed_operator(shape, strides, vel0, velg, dif, cross, cross_lim, inv_h):
+    """The operator's arrays (:meth:`FPOperator.kernel_args`) as borrowed views."""
+    return (borrowed(shape), borrowed(strides), borrowed(vel0), borrowed(velg),
+            borrowed(dif), borrowed(cross), borrowed(cross_lim), borrowed(inv_h))
+
+
+@helper
 def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif, cross,
                cross_lim, inv_h, stream, flush, scratch, out):
     """Rows [task·per, task·per + per) of out = a·x + b·w + c·L(w) (L the scheme's rate,
@@ -357,13 +364,13 @@ def _task_rows(task, per, p, w, jac, a, x, b, c, shape, strides, vel0, velg, dif
     ``stream``: write out with non-temporal stores (:mod:`fpsolver.fv.stores`). The rows
     work on borrowed views of every array (:mod:`fpsolver.borrow`), which the caller
     holds for the call: the reference counting of the arrays passed to the helpers per row
-    took two thirds of the time of a 24-cell row (benchmark transient, two threads, best
-    of three interleaved runs: 48² 15.6 → 11.1 ms, 64² 39.1 → 28.7, 96² 102 → 78, 128² 246
-    → 192 ms; 4-D 32⁴ rate kernel, two threads, 0.08-0.11e9 → 0.12-0.19e9 cells/s)."""
+    took half the time of a 24-cell row (one thread: 10.9-11.4 → 5.7-6.0 ns per cell
+    update; benchmark transient, two threads, best of three interleaved runs: 48² 15.6 →
+    11.1 ms, 64² 39.1 → 28.7, 96² 102 → 78, 128² 246 → 192 ms; 4-D 32⁴ rate kernel, two
+    threads, 0.08-0.11e9 → 0.12-0.19e9 cells/s)."""
     p, w, x, out = borrowed(p), borrowed(w), borrowed(x), borrowed(out)
-    shape, strides, vel0 = borrowed(shape), borrowed(strides), borrowed(vel0)
-    velg, dif, cross = borrowed(velg), borrowed(dif), borrowed(cross)
-    cross_lim, inv_h = borrowed(cross_lim), borrowed(inv_h)
+    shape, strides, vel0, velg, dif, cross, cross_lim, inv_h = _borrowed_operator(
+        shape, strides, vel0, velg, dif, cross, cross_lim, inv_h)
     idx, acc, buf = borrowed(scratch[0]), borrowed(scratch[1]), borrowed(scratch[2])
     padw, padp, ring = borrowed(scratch[3]), borrowed(scratch[4]), borrowed(scratch[5])
     nd = shape.size
@@ -495,9 +502,8 @@ def _task_faces(task, per, p, w, jac, shape, strides, vel0, velg, dif, cross, cr
     """Rows [task·per, task·per + per) of :func:`face_flux_kernel` (``out`` flat, ndim·N;
     ``scratch`` from :func:`_task_scratch`), on borrowed views as in :func:`_task_rows`."""
     p, w, out = borrowed(p), borrowed(w), borrowed(out)
-    shape, strides, vel0 = borrowed(shape), borrowed(strides), borrowed(vel0)
-    velg, dif, cross = borrowed(velg), borrowed(dif), borrowed(cross)
-    cross_lim, inv_h = borrowed(cross_lim), borrowed(inv_h)
+    shape, strides, vel0, velg, dif, cross, cross_lim, inv_h = _borrowed_operator(
+        shape, strides, vel0, velg, dif, cross, cross_lim, inv_h)
     idx, padw, padp = borrowed(scratch[0]), borrowed(scratch[3]), borrowed(scratch[4])
     nd = shape.size
     nl = shape[nd - 1]
