@@ -1,5 +1,8 @@
 """Finite-volume operator: numba kernels vs numpy twins, conservation, positivity, Jacobian."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -245,3 +248,20 @@ def test_line_solves_agree_with_the_banded_twin(make, rng):
         expected = reference.line_solve(*op.line_coefficients(k), 0.05, op.shape_arr,
                                         op.strides, k, expected)
     np.testing.assert_allclose(op.af_precondition(0.05, r), -0.05 * expected, rtol=1e-12)
+
+
+def _compiled_features(env):
+    """The CPU feature string numba compiles fpsolver's kernels with, in a fresh process."""
+    code = ("import fpsolver.fv.kernels\n"
+            "from numba.core import registry\n"
+            "print(registry.cpu_target.target_context.codegen()._tm_features)")
+    return subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def test_kernels_use_full_width_vectors_unless_the_user_chose_features():
+    import llvmlite.binding as llvm
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CPU_FEATURES"}
+    wide = bool(llvm.get_host_cpu_features().get("avx512f"))
+    assert ("-prefer-256-bit" in _compiled_features(env).split(",")) == wide
+    assert _compiled_features({**env, "NUMBA_CPU_FEATURES": "+sse2"}) == "+sse2"
