@@ -43,10 +43,10 @@ Stationary solves live in :mod:`fpsolver.stationary`.
   the explicit run 1.7e-2 → 1.9e-3 at 64²); "auto" takes it when that is STIFF_RATIO
   (2-D) or KRYLOV_STIFF_RATIO (4-D) times the explicit step.
   Measured on the default case, displaced narrow Gaussian N((0.25, 0), P/4), 64², t = 3:
-  min/max of unlimited ROS2 −2.6e-3 at the default step, −1.8e-2 at 10× the explicit
-  bound; limited ≥ 1e-96 (never below −1e-12) at both, mass 4e-16; L1 vs the exact
-  Gaussian 1.781e-3 (unlimited 1.765e-3, explicit 1.714e-3) at the default step, 5.99e-3
-  (unlimited 4.86e-3) at 10×. Time order against a converged explicit run: 2.03, 2.13
+  min/max of unlimited ROS2 −2.4e-12 at the default step, −3.8e-8 at 10× the explicit
+  bound (−2.6e-3 and −1.8e-2 with κ = 1/3 face values on the v axis); limited never below
+  −1e-12 at both, mass 4e-16; L1 vs the exact Gaussian 1.081e-3 (unlimited 1.055e-3,
+  explicit 9.75e-4) at the default step, 5.81e-3 (unlimited 4.66e-3) at 10×. Time order against a converged explicit run: 2.03, 2.13
   over Δt = 0.01 → 0.005 → 0.0025. With the second-order (TVD) scheme before (time
   errors and step sizes as now): 1.81 over 0.02 → 0.01, where the limiter corrects an
   undershoot of −2.6e-2; the limiter's L1 change, summed over the run (history

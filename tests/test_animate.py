@@ -89,7 +89,7 @@ def test_default_centroid_circles_clockwise(default_movies, source):
     assert np.all(np.diff(angles[half]) < 0)
     # by as much as the exact mean: the centroid of exact cell averages is the mean up to
     # the 1e-6 mass cut off by the box (5e-4 rad); the solver's adds its O(h²) error,
-    # measured 0.017 rad at 48² and 0.0026 rad at 96² cells
+    # measured 3.8e-3 rad at 48² and 2.9e-5 rad at 96² cells
     tol = 0.03 if source == "solver" else 1e-3
     np.testing.assert_allclose(angles[half], _mean_angles(movie)[half], atol=tol)
     # over half a damped period the centroid turns by about π in scaled coordinates
@@ -178,8 +178,9 @@ def test_noncommuting_position_plane_shows_position_current(tmp_path):
 
 def test_4d_solver_plane_marginal_in_axis_order():
     """A 4-D solve shown on the plane (v₁, θ₁): marginal mass 1, centroid near the exact
-    mean. 12⁴ cells is very coarse (h ≈ 0.9 sd), so the centroid tolerance is 0.2 sd
-    (measured: ≤ 0.17 sd in v₁, 0.09 sd in θ₁)."""
+    mean. 12⁴ cells is very coarse (h ≈ 0.9 sd), so the centroid tolerance is 0.25 sd,
+    about a quarter cell (measured: 0.198 sd in v₁, 0.167 sd in θ₁; 0.179 and 0.157 with
+    the upwind-biased κ = 1/3 face values on the v axes)."""
     from pathlib import Path
 
     from fpsolver.case import load_case
@@ -192,7 +193,7 @@ def test_4d_solver_plane_marginal_in_axis_order():
     cell = (movie.x[1] - movie.x[0]) * (movie.y[1] - movie.y[0])
     np.testing.assert_allclose(movie.density.sum(axis=(1, 2)) * cell, 1.0, atol=1e-12)
     off = np.abs(movie.centroids() - movie.exact_mean) / movie.scale
-    assert off.max() < 0.2
+    assert off.max() < 0.25
 
 
 def test_output_format_falls_back_to_gif_without_ffmpeg(monkeypatch, tmp_path):

@@ -89,9 +89,9 @@ def _gmres_iterations(op, p, precond, cycles=30):
 
 def test_slow_manifold_correction_makes_the_overdamped_newton_system_solvable():
     """Plain SGD at η = 1.5e-3 (Re eig A from 0.09 to 1366), 16⁴: GMRES(10) on the Newton
-    system at the Gaussian's cell averages reaches 1e-6 in ≤ 60 iterations (measured 24) with
+    system at the Gaussian's cell averages reaches 1e-6 in ≤ 60 iterations (measured 38) with
     the coarse correction; with line solves alone (τ from γ_min, as before) it has not
-    reached 1e-3 after 100 (measured 1.2, as after 300: no progress)."""
+    reached 1e-3 after 100 (measured 1.6: no progress)."""
     prob = _overdamped(ROTATED, 16)
     op = prob.op
     p = theory.gaussian_cell_averages(*prob.stationary, op.grid.edges).ravel()
@@ -133,7 +133,7 @@ def test_separable_overdamped_4d_stationary_is_the_product_of_its_2d_planes():
     is homogeneous of degree one along each axis, so the discrete 4-D stationary density is
     the product of the two planes' (direct LU). The Krylov solve with the coarse correction
     reaches it to its tolerance: L1 difference ≤ 1e-5 at relative residual 1e-9 (measured
-    4.6e-7; 2.2e-4 at 1e-7)."""
+    5.9e-8)."""
     prob = _overdamped([[0.2, 0.0], [0.0, 0.09]], 16)
     res = st.stationary(prob.op, tol=1e-9, max_iter=60)
     assert res.success, res.message
@@ -147,7 +147,7 @@ def test_2d_krylov_path_reaches_the_direct_solution(monkeypatch):
     """2-D grids above DIRECT_MAX_CELLS take the GMRES path with the one-axis coarse
     correction (5 coloured products): forced on an overdamped 64² case it ends at the
     direct LU's density to its tolerance (L1 ≤ 1e-5 at relative residual 1e-9; measured
-    6.1e-7)."""
+    8.4e-7)."""
     prob = _overdamped([[0.188]], 64)
     assert StationaryPreconditioner(prob.op).coarse
     direct = st.stationary(prob.op, tol=1e-12)

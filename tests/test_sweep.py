@@ -231,8 +231,8 @@ def test_exact_diffusion_curve_saturates_at_the_level3_variance():
 
 def test_fokker_planck_per_point_matches_the_exact_gaussian():
     """The stationary 2-D solve (d = 1) reproduces the continuous variances; the second-order
-    scheme on 96 cells per axis over ±6 s.d. is within 2 % (measured: 3.25 % at 48, 0.68 % at
-    96, 0.15 % at 192 — order ≈ 2.3)."""
+    scheme on 96 cells per axis over ±6 s.d. is within 2 % (measured: 1.05 % at 48, 0.26 % at
+    96, 0.065 % at 192 — order 2.0)."""
     base = {"sgd": {"lr": 0.05, "momentum": 0.8, "weight_decay": 0.0, "batch_size": 8},
             "loss": {"hessian": [[0.97]]}, "noise": {"model": "proportional", "sigma2": 0.25}}
     sweep = make_sweep(base=base, spectrum=None, levels=[1], axes={"lr": [0.05]},

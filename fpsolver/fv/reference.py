@@ -6,7 +6,7 @@ They follow the kernels' formulas with whole-array slicing and exist to test the
 
 import numpy as np
 
-from .kernels import DIFFUSION_CAP, FIRST_ORDER, JACOBIAN, SCHEME
+from .kernels import DIFFUSION_CAP, FIRST_ORDER, JACOBIAN, PECLET_CENTRAL, SCHEME
 
 
 def _saturate(s, big, sw, bigw, jac):
@@ -18,16 +18,6 @@ def _saturate(s, big, sw, bigw, jac):
     return np.where(sat, s * q * (2.0 - q), s)
 
 
-def _limited(up, a, b, wup, aw, bw, jac):
-    """The saturated κ = 1/3 slope along the flow of the upwind cell (density ``up``) from
-    its upstream (a) and downstream (b) differences, or its derivative applied to
-    (aw, bw, wup) (``kernels._flux``'s advection)."""
-    if jac == FIRST_ORDER:
-        return np.zeros_like(a)
-    sign = np.where(up >= 0, 2.0, -2.0)
-    return _saturate((a + 2.0 * b) / 3.0, sign * up, (aw + 2.0 * bw) / 3.0, sign * wup, jac)
-
-
 def _edge_padded(x, axis):
     """x with ``axis`` moved first and one copy of each end cell added at that end: a
     missing neighbour (wall) counts as the cell itself, as in the kernels."""
@@ -35,14 +25,46 @@ def _edge_padded(x, axis):
     return np.concatenate([x[:1], x, x[-1:]])
 
 
+def _face_cells(x, axis):
+    """(ll, l, r, rr): the cells around each interior face along ``axis`` (moved first)."""
+    pad = _edge_padded(x, axis)
+    return pad[:-3], pad[1:-2], pad[2:-1], pad[3:]
+
+
+def _advection(p, w, jac, u, dif, axis):
+    """``kernels._flux``'s advection u·(face value) on the interior faces along ``axis``
+    (velocities ``u``, axis first), or its derivative."""
+    (pll, pl, pr, prr), (wll, wl, wr, wrr) = _face_cells(p, axis), _face_cells(w, axis)
+    right = u < 0
+    wup = np.where(right, wr, wl)
+    if jac == FIRST_ORDER:
+        return u * wup
+    if dif != 0.0:
+        with np.errstate(divide="ignore"):
+            central = np.minimum(1.0, PECLET_CENTRAL * dif / np.abs(u))
+
+    def slope(xll, xl, xr, xrr):  # along the flow
+        a = np.where(right, xr - xrr, xl - xll)
+        b = np.where(right, xl - xr, xr - xl)
+        s = (a + 2.0 * b) / 3.0
+        if dif != 0.0:
+            s = s - central * (a - 2.0 * b + np.where(right, xll - xl, xrr - xr)) / 6.0
+        return s
+
+    up, s = np.where(right, pr, pl), slope(pll, pl, pr, prr)
+    sign = np.where(up >= 0, 2.0, -2.0)
+    face = wup + 0.5 * _saturate(s, sign * up, slope(wll, wl, wr, wrr), sign * wup, jac)
+    if jac == SCHEME:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            low = up * np.abs(up) / (2.0 * np.abs(s))
+        face = np.where((s * up < 0) & (np.abs(s) > np.abs(up)), low, face)
+    return u * face
+
+
 def _diffusion_correction(p, w, jac, dif, axis):
     """``kernels._flux``'s fourth-order diffusion correction on the interior faces along
     ``axis``, or its derivative."""
-    def cells(x):
-        pad = _edge_padded(x, axis)
-        return pad[:-3], pad[1:-2], pad[2:-1], pad[3:]
-
-    (pll, pl, pr, prr), (wll, wl, wr, wrr) = cells(p), cells(w)
+    (pll, pl, pr, prr), (wll, wl, wr, wrr) = _face_cells(p, axis), _face_cells(w, axis)
     if jac == FIRST_ORDER or dif == 0.0:
         return np.zeros_like(pl)
     c = dif / 12.0 * (prr - 3.0 * pr + 3.0 * pl - pll)
@@ -50,21 +72,6 @@ def _diffusion_correction(p, w, jac, dif, axis):
     sign = np.where(src >= 0, DIFFUSION_CAP * dif, -DIFFUSION_CAP * dif)
     return _saturate(c, sign * src, dif / 12.0 * (wrr - 3.0 * wr + 3.0 * wl - wll),
                      sign * wsrc, jac)
-
-
-def _slopes(p, w, jac, axis):
-    """(forward, backward): slopes of every cell along ``axis`` for flow in the +axis and in
-    the −axis direction, each measured along its flow (Jacobian at p for JACOBIAN); a
-    missing neighbour (wall) counts as the cell itself."""
-    def shifted(x):
-        pad = _edge_padded(x, axis)
-        return pad[:-2], pad[1:-1], pad[2:]
-
-    pm, p0, pp = shifted(p if jac == JACOBIAN else w)
-    wm, w0, wp = shifted(w)
-    back, fwd, wback, wfwd = p0 - pm, pp - p0, w0 - wm, wp - w0
-    return np.stack([_limited(p0, back, fwd, w0, wback, wfwd, jac),
-                     _limited(p0, -fwd, -back, w0, -wfwd, -wback, jac)])
 
 
 def _one_sided(w, axis):
@@ -119,14 +126,12 @@ def face_fluxes(p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim, in
         for k in range(len(shape)):
             wk = np.moveaxis(w, k, 0)
             u = np.moveaxis(vel[k], k, 0)[:-1]
-            up, down = _slopes(p, w, jac, k)
-            f = np.where(u >= 0, u * (wk[:-1] + 0.5 * up[:-1]), u * (wk[1:] + 0.5 * down[1:]))
-            f = f + dif[k] * (wk[:-1] - wk[1:])
-            f = f + _diffusion_correction(p if jac == JACOBIAN else w, w, jac, dif[k], k)
+            pj = p if jac == JACOBIAN else w
+            f = _advection(pj, w, jac, u, dif[k], k) + dif[k] * (wk[:-1] - wk[1:])
+            f = f + _diffusion_correction(pj, w, jac, dif[k], k)
             for b in range(len(shape)):
                 if cross[k, b] != 0.0 or cross_lim[k, b] != 0.0:
-                    f = f + _cross_flux(p if jac == JACOBIAN else w, w, jac, k, b, cross[k, b],
-                                        cross_lim[k, b], inv_h)
+                    f = f + _cross_flux(pj, w, jac, k, b, cross[k, b], cross_lim[k, b], inv_h)
             np.moveaxis(out[k], k, 0)[:-1] = f
     return out.reshape(len(shape), -1)
 
