@@ -266,3 +266,42 @@ def test_kernels_use_full_width_vectors_unless_the_user_chose_features():
     wide = bool(llvm.get_host_cpu_features().get("avx512f"))
     assert ("-prefer-256-bit" in _compiled_features(env).split(",")) == wide
     assert _compiled_features({**env, "NUMBA_CPU_FEATURES": "+sse2"}) == "+sse2"
+
+
+def test_v_faces_are_exact_for_cubics_up_to_peclet_two():
+    """A density cubic in v (constant in θ, unsaturated): the central fourth-order face value
+    (7(p₀ + p₁) − p₋₁ − p₂)/12 and the fourth-order diffusion flux are exact for cubic cell
+    averages, so every interior v face with cell Péclet number |u|h/D ≤ 2 carries the exact
+    flux u·q − D q' (to round-off); beyond, the face value is the blend
+    c·central + (1 − c)·κ = 1/3 value, c = 2/Pe, which is not exact for a cubic."""
+    lo, hi, n = -1.0, 1.0, 16
+    grid = uniform_grid((8, n), ((-4.0, 4.0), (lo, hi)))
+    diffusion = 0.08
+    op = FPOperator(grid, np.array([[0.0, -1.0], [1.0, 1.0]]), np.diag([0.0, diffusion]),
+                    np.zeros(2))
+    coef = np.array([2.0, 0.3, -0.2, 0.1])  # q(v) = Σ c_k v^k > 0 on [−1, 1]
+    prim = np.polynomial.Polynomial(coef).integ()
+    edges = np.linspace(lo, hi, n + 1)
+    h = edges[1] - edges[0]
+    cells = np.diff(prim(edges)) / h
+    p = np.broadcast_to(cells, grid.shape).copy()
+    flux = op.face_fluxes(p)[1][:, 1:n - 2]  # faces with two real cells on either side
+    u = op.face_velocity(1)[:, 1:n - 2]
+    vf = edges[2:n - 1]
+    q = np.polynomial.Polynomial(coef)
+    exact = u * q(vf) - diffusion * q.deriv()(vf)
+    peclet = np.abs(u) * h / diffusion
+    assert (peclet <= 2).sum() >= 10 and (peclet > 2).sum() >= 10
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(flux[peclet <= 2], exact[peclet <= 2], rtol=0,
+                               atol=1e-13 * scale)
+    j = np.arange(1, n - 2)
+    pm, p0, p1, p2 = cells[j - 1], cells[j], cells[j + 1], cells[j + 2]
+    central = (7.0 * (p0 + p1) - pm - p2) / 12.0
+    upwind = np.where(u >= 0, p0 + (p0 - pm + 2.0 * (p1 - p0)) / 6.0,
+                      p1 + (p1 - p2 + 2.0 * (p0 - p1)) / 6.0)
+    far = peclet > 2
+    c = 2.0 / peclet[far]
+    blend = exact[far] + u[far] * (1.0 - c) * (upwind - central)[far]  # diffusion: exact
+    np.testing.assert_allclose(flux[far], blend, rtol=0, atol=1e-13 * scale)
+    assert np.abs(flux[far] - exact[far]).max() > 1e-6 * scale

@@ -47,13 +47,20 @@ MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has thi
 
 
 @helper
+def _saturation(s, big):
+    """(saturated, q): whether |s| > B/2, and q = B/(2|s|) in [0, 1) there (B/1 elsewhere).
+    One division; callers that need q again recompute it and LLVM merges the two."""
+    size = abs(s)
+    sat = 2.0 * size > big
+    return sat, big / (2.0 * size if sat else 1.0)
+
+
+@helper
 def _saturate(s, big, sw, bigw, jac):
     """s where |s| ≤ B/2, beyond that sign(s)·(B − B²/(4|s|)) (B ≥ 0): C¹, increasing in
     s, |value| < B, homogeneous of degree one in (s, B). JACOBIAN: its derivative at (s, B)
     applied to (sw, bigw). One division; branch-free."""
-    size = abs(s)
-    sat = 2.0 * size > big
-    q = big / (2.0 * size if sat else 1.0)  # B/(2|s|) in [0, 1) where saturated
+    sat, q = _saturation(s, big)
     if jac == JACOBIAN:
         sign_s = 1.0 if s >= 0.0 else -1.0
         return q * q * sw + sign_s * (1.0 - q) * bigw if sat else sw
@@ -116,12 +123,13 @@ def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac, diffusive):
             sw -= central * (aw - 2.0 * bw + dw) * (1.0 / 6.0)
     else:
         sw = 0.0
-    sigma = _saturate(slope, 2.0 * sign_up * up, sw, 2.0 * sign_up * wup, jac)
+    big = 2.0 * sign_up * up
+    sigma = _saturate(slope, big, sw, 2.0 * sign_up * wup, jac)
     # σ along the flow: σ_l, or −σ_r for u < 0
     face = wup + 0.5 * sigma
-    if jac == SCHEME:  # saturated against p: p + σ/2 = p|p|/(2|s|), without the cancellation
-        low = up * abs(up) / (2.0 * abs(slope))  # that left face values of −1e-16·p
-        face = low if slope * up < 0.0 and abs(slope) > abs(up) else face
+    if jac == SCHEME:  # saturated against p: p + σ/2 = pq/2, without the cancellation that
+        sat, q = _saturation(slope, big)  # left face values of −1e-16·p
+        face = 0.5 * up * q if sat & (slope * up < 0.0) else face  # & : a select, no branch
     advection = u * face
     if not diffusive:
         return advection
