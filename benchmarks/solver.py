@@ -618,13 +618,15 @@ def main(argv=None):
     if args.fipy_cap_mb is None:
         args.fipy_cap_mb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2e6
     os.environ["NUMBA_NUM_THREADS"] = str(args.threads)
+    from fpsolver.cpu_target import prefer_full_width_vectors
+    full_width = prefer_full_width_vectors()  # as the fpsolver command does
     import numba
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     from fpsolver import __version__
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=Path(__file__).parent).stdout.strip() or None
     result = {"benchmark": "solver", "version": __version__, "commit": commit,
-              "threads": args.threads,
+              "threads": args.threads, "full_width_vectors": full_width,
               "machine": platform.platform(), "cpu_count": os.cpu_count(),
               "load_average_start": os.getloadavg()}
     # FiPy's large solves last: after them this process ran fpsolver up to 50 % slower

@@ -29,13 +29,17 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    """Entry point; returns the process exit status."""
+def main(argv=None, full_width_vectors=False):
+    """Entry point; returns the process exit status. ``full_width_vectors``: compile the
+    kernels with 512-bit vectors where the CPU has them (:func:`console`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2
+    if full_width_vectors:
+        from .cpu_target import prefer_full_width_vectors
+        prefer_full_width_vectors()
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
@@ -54,5 +58,12 @@ def main(argv=None):
         return 130
 
 
+def console():
+    """The ``fpsolver`` command (and ``python -m fpsolver``): :func:`main` in a process of
+    its own, so it may set numba's CPU features for the whole process
+    (:func:`fpsolver.cpu_target.prefer_full_width_vectors`)."""
+    return main(full_width_vectors=True)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

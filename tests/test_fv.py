@@ -251,21 +251,33 @@ def test_line_solves_agree_with_the_banded_twin(make, rng):
     np.testing.assert_allclose(op.af_precondition(0.05, r), -0.05 * expected, rtol=1e-12)
 
 
-def _compiled_features(env):
-    """The CPU feature string numba compiles fpsolver's kernels with, in a fresh process."""
-    code = ("import fpsolver.fv.kernels\n"
+def _compiled_features(env, opt_in):
+    """The CPU feature string numba compiles fpsolver's kernels with, in a fresh process
+    that imports them (after prefer_full_width_vectors when ``opt_in``)."""
+    code = ("from fpsolver.cpu_target import prefer_full_width_vectors\n"
+            f"print({opt_in!r} and prefer_full_width_vectors())\n"
+            "import fpsolver.fv.kernels\n"
             "from numba.core import registry\n"
             "print(registry.cpu_target.target_context.codegen()._tm_features)")
-    return subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    return out[0] == "True", out[1]
 
 
-def test_kernels_use_full_width_vectors_unless_the_user_chose_features():
+def test_full_width_vectors_only_where_asked_and_never_over_the_users_features():
+    """The ``fpsolver`` command opts in (console); importing fpsolver changes nothing."""
+    import importlib.metadata
+
     import llvmlite.binding as llvm
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CPU_FEATURES"}
-    wide = bool(llvm.get_host_cpu_features().get("avx512f"))
-    assert ("-prefer-256-bit" in _compiled_features(env).split(",")) == wide
-    assert _compiled_features({**env, "NUMBA_CPU_FEATURES": "+sse2"}) == "+sse2"
+    host = llvm.get_host_cpu_features()
+    wide = bool(host.get("avx512f"))
+    assert _compiled_features(env, False) == (False, host.flatten())
+    on, features = _compiled_features(env, True)
+    assert on == wide and ("-prefer-256-bit" in features.split(",")) == wide
+    assert _compiled_features({**env, "NUMBA_CPU_FEATURES": "+sse2"}, True) == (False, "+sse2")
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    assert [e.value for e in scripts if e.name == "fpsolver"] == ["fpsolver.cli:console"]
 
 
 def test_v_faces_are_exact_for_cubics_up_to_peclet_two():

@@ -2,9 +2,11 @@
 
 Kernels are compiled once with ``parallel=True`` (``prange`` over cells), ``cache=True``
 (top-level functions with explicit array arguments, so the on-disk cache works), no
-fast-math (NaN checks must keep working), 512-bit vectors on AVX-512 CPUs
-(:func:`_prefer_full_width_vectors`) and numpy's error model (a float division by
+fast-math (NaN checks must keep working) and numpy's error model (a float division by
 zero gives inf/NaN instead of a Python exception check, which keeps loops vectorisable).
+The ``fpsolver`` command also compiles them with 512-bit vectors on AVX-512 CPUs
+(:func:`fpsolver.cpu_target.prefer_full_width_vectors`), which importing fpsolver leaves
+to the user.
 Kernel calls below ``PARALLEL_MIN_CELLS`` cell updates run on one thread. Rate kernel on
 an otherwise idle 2-core machine, one vs two threads: 64² 9.6 vs 6.1 µs, 128² 27 vs 16 µs,
 256² 95 vs 51 µs, 4-D 64⁴ 107 vs 55 ms; one rate evaluation from Python, the switch to
@@ -26,32 +28,6 @@ import os
 from pathlib import Path
 
 import numba
-
-
-
-def _prefer_full_width_vectors():
-    """On AVX-512 CPUs let LLVM vectorise with 512-bit registers: it prefers 256 bits there
-    (``prefer-256-bit``, for the clock throttling of early AVX-512 cores), and the explicit
-    kernels are bound by arithmetic, not memory. Done by the host's own feature string
-    with that preference removed (numba's ``CPU_FEATURES``, the setting numba's own tests
-    use for this), before the first kernel is compiled; numba keys its cache by the
-    feature string. Left alone where the user set NUMBA_CPU_FEATURES or numba already
-    compiled something. The results are the same bits (no fast-math, so no reassociation;
-    checked on 2-D and 4-D rates, Jacobian products and SSP steps). Emerald Rapids VM, one
-    thread, best of six runs alternating with the 256-bit build: SSP stage 48² 4.88 →
-    4.31, 96² 4.17 → 3.61, 256² 3.92 → 3.37 ns per cell update; 4-D 32⁴ rate kernel
-    0.088-0.092 → 0.098-0.106e9 cells/s."""
-    from numba.core import config, registry
-    if config.CPU_FEATURES is not None or "_toplevel_target_context" in vars(
-            registry.cpu_target):
-        return
-    import llvmlite.binding as llvm
-    features = llvm.get_host_cpu_features()
-    if features.get("avx512f"):
-        config.CPU_FEATURES = features.flatten() + ",-prefer-256-bit"
-
-
-_prefer_full_width_vectors()
 
 PARALLEL_MIN_CELLS = 1 << 8
 ASSUMED_CACHE_BYTES = 32 << 20  # last-level cache where sysfs does not say
