@@ -275,25 +275,26 @@ def _stationary_case(case, n):
     return prob, theory.gaussian_cell_averages(*prob.stationary, prob.grid.edges)
 
 
-def _fipy_wall(prob, scheme):
-    """FiPy's own wall time (mesh to residual) of one stationary solve."""
+def _fipy_solve(prob, scheme):
+    """One FiPy stationary solve of ``prob`` (its result: density, residual, FiPy's own wall
+    time from mesh to residual), FiPy's warnings silenced."""
     import warnings
 
     from fpsolver import fipy_check
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fipy_check.solve_stationary(prob.model, prob.grid, scheme).wall_time_s
+        return fipy_check.solve_stationary(prob.model, prob.grid, scheme)
+
+
+def _fipy_wall(prob, scheme):
+    """FiPy's own wall time of one stationary solve (:func:`_fipy_solve`)."""
+    return _fipy_solve(prob, scheme).wall_time_s
 
 
 def _fipy_stationary(prob, exact, scheme):
-    """One FiPy stationary solve (its own wall time, mesh to residual) with its L1 error and
-    peak memory."""
-    import warnings
-
-    from fpsolver import fipy_check
-    with warnings.catch_warnings(), PeakRSS() as mem:
-        warnings.simplefilter("ignore")
-        res = fipy_check.solve_stationary(prob.model, prob.grid, scheme)
+    """One FiPy stationary solve (:func:`_fipy_solve`) with its L1 error and peak memory."""
+    with PeakRSS() as mem:
+        res = _fipy_solve(prob, scheme)
     g = prob.grid
     return {"cells": g.shape[0], "wall_s": res.wall_time_s,
             "l1": float(np.abs(res.p - exact).sum() * g.cell_volume),

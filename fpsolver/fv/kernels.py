@@ -12,7 +12,8 @@ of the cell with indices i is ``vel0[k] + Σ_l velg[k, l]·i_l`` (built by the o
 The flux through a face is F = u⁺(w_L + σ_L/2) + u⁻(w_R − σ_R/2) + (D_kk/h_k)(w_L − w_R)
 − D_kb ∂_b w: MUSCL advection with third-order slopes (fourth-order central face values on
 the v axes up to cell Péclet number 2) saturated for positivity (σ the slope of the upwind
-cell along the flow, :func:`_flux`; a wall counts as the cell itself), fourth-order diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes; :func:`_flux`) and
+cell along the flow, :func:`_flux`; a wall counts as the cell itself), fourth-order
+diffusion (``dif[k]`` = D_kk/h_k, 0 on θ axes; :func:`_flux`) and
 the cross-diffusion between the two velocity axes (``cross``, off-diagonal D, d = 2 only):
 on the diagonal stencil matching its sign, ``cross`` linear and ``cross_lim`` (the part
 beyond what keeps that stencil an M-matrix) with its flux saturated (:func:`_saturated`).
@@ -48,8 +49,8 @@ MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has thi
 
 @helper
 def _saturation(s, big):
-    """(saturated, q): whether |s| > B/2, and q = B/(2|s|) in [0, 1) there (B/1 elsewhere).
-    One division; callers that need q again recompute it and LLVM merges the two."""
+    """(saturated, q) for :func:`_saturate_with`: whether |s| > B/2, and q = B/(2|s|) in
+    [0, 1) there (B elsewhere). The one division of a saturation."""
     size = abs(s)
     sat = 2.0 * size > big
     return sat, big / (2.0 * size if sat else 1.0)
@@ -61,6 +62,12 @@ def _saturate(s, big, sw, bigw, jac):
     s, |value| < B, homogeneous of degree one in (s, B). JACOBIAN: its derivative at (s, B)
     applied to (sw, bigw). One division; branch-free."""
     sat, q = _saturation(s, big)
+    return _saturate_with(s, sat, q, sw, bigw, jac)
+
+
+@helper
+def _saturate_with(s, sat, q, sw, bigw, jac):
+    """:func:`_saturate` from its :func:`_saturation` (sat, q), for callers that use q too."""
     if jac == JACOBIAN:
         sign_s = 1.0 if s >= 0.0 else -1.0
         return q * q * sw + sign_s * (1.0 - q) * bigw if sat else sw
@@ -89,7 +96,7 @@ def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac, diffusive):
     1.27e-4; benchmark transient 40² / 48² / 64²: 4.83e-3 / 2.93e-3 / 1.28e-3 → 3.59e-3 /
     2.12e-3 / 9.15e-4; β = 0.9, η = 0.1 at 128²: 2.79e-4 → 1.49e-4; β = 0.99, η = 0.05:
     1.78e-3 → 1.01e-3. Where the slope saturates against the density (|s| > |p|, s·p < 0)
-    the scheme's face value p + σ/2 is computed as p|p|/(2|s|): the sum cancelled to
+    the scheme's face value p + σ/2 is computed as pq/2 = p|p|/(2|s|): the sum cancelled to
     ±1e-16·p and gave empty cells next to a steep front densities of −1e-60. Diffusion: the
     fourth-order flux dif·(15(w_l − w_r) + w_rr − w_ll)/12 (from cell averages), written as
     the central flux dif·(w_l − w_r) plus a correction saturated below DIFFUSION_CAP·dif·|p|
@@ -123,13 +130,12 @@ def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac, diffusive):
             sw -= central * (aw - 2.0 * bw + dw) * (1.0 / 6.0)
     else:
         sw = 0.0
-    big = 2.0 * sign_up * up
-    sigma = _saturate(slope, big, sw, 2.0 * sign_up * wup, jac)
+    sat, q = _saturation(slope, 2.0 * sign_up * up)
     # σ along the flow: σ_l, or −σ_r for u < 0
-    face = wup + 0.5 * sigma
+    face = wup + 0.5 * _saturate_with(slope, sat, q, sw, 2.0 * sign_up * wup, jac)
     if jac == SCHEME:  # saturated against p: p + σ/2 = pq/2, without the cancellation that
-        sat, q = _saturation(slope, big)  # left face values of −1e-16·p
-        face = 0.5 * up * q if sat & (slope * up < 0.0) else face  # & : a select, no branch
+        # left face values of −1e-16·p; & (not and): a select, no branch
+        face = 0.5 * up * q if sat & (slope * up < 0.0) else face
     advection = u * face
     if not diffusive:
         return advection
