@@ -91,7 +91,7 @@ class _DirectSolver:
     def factor(self, p):
         self.row = int(np.argmax(p))
         m = pinned(jacobian_matrix(self.op, p), self.row)
-        self.lu = sparse_lu(m)
+        self.lu = sparse_lu(m, banded=True)
         self.n_factor += 1
 
     def _trial(self, p, rate, res, vol):

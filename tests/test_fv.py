@@ -198,6 +198,9 @@ def test_probed_matrix_is_the_kernel_jacobian(make, rng):
     np.testing.assert_allclose(m @ w, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     colsum = np.asarray(m.sum(axis=0)).ravel()  # mass conservation: 1ᵀM = 0
     assert np.abs(colsum).max() < 1e-12 * abs(m).max()
+    first = op.first_order_apply(w)
+    np.testing.assert_allclose(jacobian_matrix(op, None, first_order=True) @ w, first, rtol=0,
+                               atol=1e-12 * np.abs(first).max())
 
 
 @pytest.mark.parametrize("d12", [0.0] + FOUR_D_CROSS)

@@ -11,8 +11,12 @@ import functools
 import itertools
 
 import numpy as np
+import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
+
+from . import kernels
+from .policy import single_threaded_blas, threads_for
 
 
 def _offsets(ndim, cross_pairs):
@@ -62,9 +66,10 @@ def jacobian_matrix(op, p, first_order=False):
     pairs = tuple((int(a), int(b)) for a, b in zip(*np.nonzero(op.cross)))
     color, rows, indptr, source = _pattern(tuple(op.shape), pairs)
     probes = np.empty((5 ** len(op.shape), op.size))
-    for q in range(probes.shape[0]):
-        probe = (color == q).astype(float)
-        probes[q] = op.first_order_apply(probe) if first_order else op.jacobian_apply(p, probe)
+    with threads_for(probes.size):
+        kernels.colour_probe_kernel(np.empty(0) if first_order else op.flat(p), color,
+                                    kernels.FIRST_ORDER if first_order else kernels.JACOBIAN,
+                                    *op.kernel_args(first_order), probes)
     m = sp.csc_matrix((probes.ravel()[source], rows.copy(), indptr.copy()),
                       shape=(op.size, op.size))
     m.eliminate_zeros()
@@ -75,8 +80,14 @@ def pinned(matrix, r):
     """``matrix`` (sparse, N×N) with row r replaced by the unit row e_r, as CSC: a singular
     operator whose columns sum to zero, with the one equation its others imply dropped."""
     m = sp.csc_matrix(matrix, copy=True)
+    m.sort_indices()
     m.data[m.indices == r] = 0.0
-    m = (m + sp.csc_matrix(([1.0], ([r], [r])), shape=m.shape)).tocsc()
+    lo, hi = m.indptr[r], m.indptr[r + 1]
+    at = lo + np.searchsorted(m.indices[lo:hi], r)
+    if at < hi and m.indices[at] == r:  # the diagonal is stored: set it in place
+        m.data[at] = 1.0
+    else:
+        m = (m + sp.csc_matrix(([1.0], ([r], [r])), shape=m.shape)).tocsc()
     m.eliminate_zeros()
     return m
 
@@ -107,12 +118,61 @@ def marginal_matrix(apply, basis, position_shape):
     return out
 
 
-def sparse_lu(matrix):
-    """SuperLU factorisation of an operator matrix (sparse N×N; its pattern is symmetric, the
-    stencil is): minimum-degree order on A + Aᵀ and diagonal pivots unless one is below 0.1
-    of its column's largest entry (SuperLU's SymmetricMode). The pinned stationary Jacobian,
-    against COLAMD with partial pivoting (two timings each): 40² 8.8 → 4.5 ms, 128² 150-206
-    → 87-128 ms, 256² 1.19-1.21 → 0.71-0.91 s, 20-35 % less fill, the same residual
-    (1e-12-1e-10)."""
-    return spla.splu(sp.csc_matrix(matrix), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
+# LAPACK's banded LU (gbtrf, partial pivoting) for sparse_lu(banded=True) where its work
+# N·kl·(kl + ku) is at most this. One BLAS thread, pinned stationary Jacobian (kl = ku =
+# 2n), factorisation with assembly and one solve, banded vs SuperLU: 32² 1.6 + 0.1 vs
+# 4.6 + 0.09 ms, 48² (4.2e7) 6.2 + 0.5 vs 11.6 + 0.25, 64² (1.3e8) 18 + 1.8 vs 22 + 0.5,
+# 96² 78 vs 70: the banded solves cost more, so callers that solve many times per
+# factorisation (implicit steps, the 4-D coarse correction) keep SuperLU
+BAND_MAX_WORK = 5e7
+
+
+def sparse_lu(matrix, banded=False):
+    """LU factorisation of a sparse N×N operator matrix with a ``solve(b)`` method. With
+    ``banded``, LAPACK's banded LU (:class:`BandLu`) where the band is narrow enough
+    (BAND_MAX_WORK). Otherwise SuperLU with minimum-degree order on A + Aᵀ and diagonal
+    pivots unless one is below 0.1 of its column's largest entry (SuperLU's SymmetricMode;
+    the stencil's pattern is symmetric). The pinned stationary Jacobian, against COLAMD
+    with partial pivoting (two timings each): 40² 8.8 → 4.5 ms, 128² 150-206 → 87-128 ms,
+    256² 1.19-1.21 → 0.71-0.91 s, 20-35 % less fill, the same residual (1e-12-1e-10)."""
+    m = sp.csc_matrix(matrix)
+    if banded:
+        kl, ku = _bandwidths(m)
+        if m.shape[0] * kl * (kl + ku) <= BAND_MAX_WORK:
+            return BandLu(m, kl, ku)
+    return spla.splu(m, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
                      options={"SymmetricMode": True})
+
+
+def _bandwidths(m):
+    """(kl, ku): the sub- and super-diagonals a CSC matrix ``m`` reaches."""
+    cols = np.repeat(np.arange(m.shape[1]), np.diff(m.indptr))
+    off = cols - m.indices
+    return (int(max(0, -off.min())), int(max(0, off.max()))) if off.size else (0, 0)
+
+
+class BandLu:
+    """LU with partial pivoting of a banded CSC matrix (N×N, kl sub- and ku
+    super-diagonals) by LAPACK's gbtrf; ``solve(b)`` (b (N,)) by gbtrs. An exactly
+    singular matrix raises RuntimeError, as SuperLU does. The factorisation runs on one BLAS
+    thread (:func:`~fpsolver.fv.policy.single_threaded_blas`); the solves, level-2 BLAS,
+    without the limit, which took 50-80 µs of a 100-400 µs solve (32²-48²)."""
+
+    def __init__(self, m, kl, ku):
+        n = m.shape[0]
+        cols = np.repeat(np.arange(n), np.diff(m.indptr))
+        band = np.zeros((2 * kl + ku + 1, n), order="F")  # gbtrf's storage: kl rows of fill
+        band[kl + ku + m.indices - cols, cols] = m.data
+        gbtrf, self._gbtrs = sla.get_lapack_funcs(("gbtrf", "gbtrs"), (band,))
+        with single_threaded_blas():
+            self.lu, self.piv, info = gbtrf(band, kl, ku, overwrite_ab=True)
+        if info > 0:
+            raise RuntimeError(f"Factor is exactly singular (pivot {info - 1} is 0)")
+        self.kl, self.ku = kl, ku
+
+    def solve(self, b):
+        """x with A x = b (b (N,), not changed)."""
+        x, info = self._gbtrs(self.lu, self.kl, self.ku, b, self.piv)
+        if info != 0:
+            raise RuntimeError(f"LAPACK gbtrs failed (info {info})")
+        return x

@@ -133,7 +133,8 @@ class FPOperator:
         return (self.shape_arr, self.strides, self.vel0, self.velg, self.dif, self.cross,
                 self._no_cross_lim if first_order else self.cross_lim, self.inv_h)
 
-    def _flat(self, a):
+    def flat(self, a):
+        """``a`` as a contiguous flat float array (N,); SolverError unless it has N cells."""
         a = np.ascontiguousarray(a, dtype=float).reshape(-1)
         if a.size != self.size:
             raise SolverError(f"density has {a.size} cells, the grid {self.size}")
@@ -141,10 +142,10 @@ class FPOperator:
 
     def _rate_kernel(self, p, w, jac, out, first_order=False):
         """rate_kernel(p, w, jac) into ``out`` (or a new array), shaped like w."""
-        wf = self._flat(w)
+        wf = self.flat(w)
         res = np.empty(self.size) if out is None else out.reshape(-1)
         with threads_for(self.size) as tasks:
-            kernels.rate_kernel(self._flat(p), wf, jac, *self.kernel_args(first_order),
+            kernels.rate_kernel(self.flat(p), wf, jac, *self.kernel_args(first_order),
                                 self.stream, tasks, res)
         return res.reshape(np.shape(w))
 
@@ -161,7 +162,7 @@ class FPOperator:
         holds the stage table). Values below ``self.flush`` become 0 (mass change
         ≤ FLUSH_RELATIVE, 1e-250)."""
         with threads_for(self.size, passes=kernels.SSP_STAGES) as tasks:
-            kernels.ssp_rk3_kernel(self._flat(p), dt / kernels.SSP_COEFFICIENT,
+            kernels.ssp_rk3_kernel(self.flat(p), dt / kernels.SSP_COEFFICIENT,
                                    *self.kernel_args(), self.stream, tasks, self.flush, s1,
                                    s2, out)
         return out
@@ -180,7 +181,7 @@ class FPOperator:
     def face_fluxes(self, w, out=None, first_order=False):
         """Right-face fluxes F_k (2d, *shape) of the scheme at w (of W with
         ``first_order``); 0 on the walls."""
-        wf = self._flat(w)
+        wf = self.flat(w)
         res = np.empty((len(self.shape), self.size)) if out is None else out
         with threads_for(self.size) as tasks:
             kernels.face_flux_kernel(wf, wf, kernels.FIRST_ORDER if first_order else
@@ -239,7 +240,7 @@ class FPOperator:
         with threads_for(self.size):
             kernels.line_solve_kernel(float(tau), self.shape_arr, self.strides, k, self.vel0,
                                       self.velg, self.dif, self.inv_h, self._line_offsets(k),
-                                      self._flat(rhs), res)
+                                      self.flat(rhs), res)
         return res
 
     def line_factorisation(self, tau, r, out=None):
