@@ -241,7 +241,7 @@ def test_result_says_why_the_stationary_solve_stopped():
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
 def test_interrupted_run_resumes_to_the_same_answer(tmp_path, scheme, interrupt_at):
-    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.2}), cells=24)
+    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.8}), cells=24)
     full = evolve(prob.op, prob.p0, prob.t_final, scheme=scheme)
     assert full.n_steps >= 20
     ck = CheckpointTracker(tmp_path / "ck.npz", key="k", every_s=1e9)
@@ -270,8 +270,8 @@ def test_storage_tracker_keeps_snapshots_on_its_schedule():
 
 def test_bad_input_is_refused():
     prob = setup_problem(default_case().replace(run=TRANSIENT), cells=16)
-    n = kernels.SSP_N  # SSP-RK(n², 3): n² − n times the forward-Euler bound
-    dt_max = (n * n - n) / prob.op.max_rate()
+    s = kernels.SSP_STAGES  # SSP-RK(s, 2): s − 1 times the forward-Euler bound
+    dt_max = (s - 1) / prob.op.max_rate()
     assert explicit_step_bound(prob.op) == dt_max
     with pytest.raises(UnstableError, match="run.dt"):
         step_size(prob.op, 1.0, dt=1.01 * dt_max)
@@ -441,14 +441,16 @@ def test_4d_strongly_correlated_noise_stays_positive_at_little_cost_in_accuracy(
 
 
 def test_4d_implicit_is_second_order_in_time_and_conserves_mass():
-    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(n², 3) run on 16⁴ (third
-    order, Δt = 0.033): the difference falls 4-fold per halved Δt (measured 1.91e-3,
-    5.32e-4, 1.45e-4: orders 1.85, 1.88), far below the spatial error (0.24 on this coarse
-    grid); GMRES inexactness touches neither the mass (flux form) nor the positivity
-    (min/max ≥ −1.4e-14: the low-order solve runs to 1e-10)."""
+    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(32, 2) run on 16⁴ with
+    Δt = t/32, a sixteenth of its bound (second order: its time error ~4e-6, the runs at a
+    quarter and a sixteenth of the bound differ by 5.9e-5; at the bound, 2 steps, it is
+    1.2e-3): the difference falls 4-fold per halved Δt (measured 2.13e-3, 5.90e-4,
+    1.53e-4: orders 1.85, 1.94), far below the spatial error (0.20 on this coarse grid);
+    GMRES inexactness touches neither the mass (flux form) nor the positivity (min/max
+    ≥ −1.4e-14: the low-order solve runs to 1e-10)."""
     prob = _four_d_problem(16, 0.1)
     vol = prob.grid.cell_volume
-    explicit = evolve(prob.op, prob.p0, prob.t_final)
+    explicit = evolve(prob.op, prob.p0, prob.t_final, dt=prob.t_final / 32)
     spatial = compare(prob, explicit)["l1_error"]
     diffs = []
     for dt in (0.004, 0.002, 0.001):
