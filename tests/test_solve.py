@@ -97,15 +97,17 @@ def test_transient_2d_matches_the_exact_gaussian(transient_runs):
 
 
 def test_implicit_is_second_order_in_time_and_conserves_mass(transient_runs):
-    """Limited ROS2 against the explicit SSP-RK(n², 3) run on the same 64² grid (whose time
-    error is negligible: third order, Δt = 0.018), so only the implicit time error remains:
-    it falls 4-fold per halved Δt (measured 4.50e-3, 1.10e-3, 2.52e-4: orders 2.03, 2.13;
+    """Limited ROS2 against the explicit SSP-RK(32, 2) run on the same 64² grid at an eighth
+    of its bound, Δt = 0.0035 (second order: the runs at a quarter and a sixteenth of the
+    bound differ by 6.8e-6; at the bound, 1.2e-4), so only the implicit time error remains:
+    it falls 4-fold per halved Δt (measured 4.50e-3, 1.10e-3, 2.51e-4: orders 2.03, 2.13;
     over 0.02 → 0.01, where the limiter acts on the ROS2 undershoot, 1.83).
     The default (accuracy) step keeps ROS2's moment error at t_final below TIME_TOL
     standard deviations, about 0.8·TIME_TOL of L1: the run differs from the explicit one by
     5.5e-4 (L1 against the exact Gaussian 1.08e-3 vs the explicit 9.75e-4)."""
-    prob, explicit, err = transient_runs[64]
+    prob, at_bound, err = transient_runs[64]
     vol = prob.grid.cell_volume
+    explicit = evolve(prob.op, prob.p0, prob.t_final, dt=at_bound.dt / 8)
     diffs = []
     for dt in (0.01, 0.005, 0.0025):
         res = evolve(prob.op, prob.p0, prob.t_final, dt=dt, scheme="implicit")
@@ -128,7 +130,7 @@ def test_implicit_keeps_the_density_positive(transient_runs, bound_multiple, cos
     −2.6e-3 and −1.8e-2 with κ = 1/3 slopes on the v axes): the limited step keeps every
     step's density ≥ −1e-12·max (final min/max 1.8e-19 and 4.7e-15), the mass to round-off,
     and its L1 error within ``cost`` of the explicit run's (default step: 1.081e-3 vs
-    9.75e-4, +11 %, the time error; unlimited 1.055e-3) or of unlimited ROS2's (10×:
+    9.77e-4, +11 %, the time error; unlimited 1.055e-3) or of unlimited ROS2's (10×:
     5.81e-3 vs 4.66e-3, +25 %: there the limiter falls back to first order where ROS2
     undershoots, a cost that grows as the spatial error shrinks; +12 % with the
     second-order scheme before)."""
@@ -147,7 +149,7 @@ def test_implicit_is_stable_far_beyond_the_explicit_bound_on_a_stiff_case():
     """Plain SGD with η = 0.01 (β = 0): friction (1−β)/m = 200, the v cells see a rate bound
     of 2.6e4/time. The implicit default step, 8 cells of advection per step
     (MAX_IMPLICIT_COURANT with the safety factor), is 30× the explicit bound; the
-    difference to the explicit run (measured 1.4e-3) is below a tenth of the spatial
+    difference to the explicit run (measured 1.38e-3) is below a tenth of the spatial
     error of either (2.6e-2), mass is kept to round-off and the density stays ≥ 0
     (unlimited ROS2: min/max −1.9e-5). 30× is below STIFF_RATIO: "auto"
     steps explicitly."""
