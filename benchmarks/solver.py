@@ -24,7 +24,7 @@ Sections (one JSON object, same machine and run):
   last two grids (L1 ∝ n^−q, time ∝ n^s, fitted) with the ratio to fpsolver, marked as an
   extrapolation.
 * ``transient_2d``: oscillator K/m = 1, γ = 0.5 (A = [[0, −1], [1, 1]], D_vv = 0.5) from
-  N((1.5, 0), P/4) to t = 5: fpsolver SSP-RK(32,2) ("explicit") and limited ROS2-W with LUs
+  N((1.5, 0), P/4) to t = 5: fpsolver SSP-RK(25,3) ("explicit") and limited ROS2-W with LUs
   ("implicit", accuracy step) vs Crank-Nicolson on the central operator with one LU. The
   reference gets, per grid, the largest step its accuracy allows: dt is halved from 0.4
   until halving changes L1 by < 1 % (or dt = 0.4/2⁹), and the largest dt whose L1, and
@@ -462,7 +462,7 @@ def transient_2d(repeats):
 
 def stiff_2d(repeats):
     """Plain SGD η = 0.01, β = 0 (friction 200/time), from N((0.11, 0), P/4) to t = 0.25:
-    explicit SSP-RK(32,2) at its bound vs the implicit ROS2-W at its accuracy step, and
+    explicit SSP-RK(25,3) at its bound vs the implicit ROS2-W at its accuracy step, and
     which of the two "auto" takes."""
     from fpsolver.analysis import compare
     from fpsolver.case import default_case

@@ -2,17 +2,15 @@
 
 Stationary solves live in :mod:`fpsolver.stationary`.
 
-* :func:`evolve`: explicit SSP-RK(32,2) with a fixed step dt = t_final/n, n the least
-  number of steps with dt ≤ safety·31/rate_max (1/rate_max: :meth:`FPOperator.max_rate`,
-  the forward-Euler positivity bound; SSP-RK(s, 2) is s forward-Euler stages of
-  dt/(s − 1), so positive up to s − 1 times it: s/(s − 1) rate evaluations per 1/rate_max
-  of simulated time, 1.03 with s = 32, where SSP-RK(25,3) took 1.25, SSP-RK(9,3) 1.5,
-  SSP-RK(4,3) 2 and SSP-RK3 3; default transient 96², SSP-RK3 2575 steps, SSP-RK(4,3)
-  1288 (single-pass stages: 0.117 → 0.068 s), SSP-RK(9,3) 430 (0.049 s), the same L1
-  each; benchmark transient 48², SSP-RK(9,3) 196 steps = 1764 rate evaluations,
-  SSP-RK(25,3) 59 = 1475, SSP-RK(32,2) 38 = 1216, the same L1 to three digits: the step
-  is set by positivity, where a second-order time error is still a twentieth of the
-  spatial one, :data:`fpsolver.fv.kernels.SSP_STAGES`). A forced dt above the bound is refused
+* :func:`evolve`: explicit SSP-RK(25,3) with a fixed step dt = t_final/n, n the least
+  number of steps with dt ≤ safety·20/rate_max (1/rate_max: :meth:`FPOperator.max_rate`,
+  the forward-Euler positivity bound; SSP-RK(n², 3) is n² forward-Euler stages of
+  dt/(n² − n), so positive up to n² − n times it: n/(n − 1) rate evaluations per
+  1/rate_max of simulated time, 1.25 with n = 5, where SSP-RK(9,3) took 1.5, SSP-RK(4,3)
+  2 and SSP-RK3 3; default transient 96², SSP-RK3 2575 steps, SSP-RK(4,3) 1288
+  (single-pass stages: 0.117 → 0.068 s), SSP-RK(9,3) 430 (0.049 s), the same L1 each;
+  benchmark transient 48², SSP-RK(9,3) 196 steps = 1764 rate evaluations, SSP-RK(25,3)
+  59 = 1475, same L1 to four digits). A forced dt above the bound is refused
   (:class:`UnstableError`). Multiples of "the explicit bound" below are of 1/rate_max
   (measured with SSP-RK3). Trackers run on a step schedule; a checkpoint holds
   (p, step, dt) so a resumed run repeats the same steps and ends at the same answer.
@@ -512,7 +510,7 @@ class _Ros2:
 @np.errstate(under="ignore")  # far-tail densities ~1e-300 flush to zero
 def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, resume=None,
            scheme="explicit"):
-    """Integrate ∂_t p = Lp from p0 (grid shape) to t_final with SSP-RK(32, 2) (``scheme``
+    """Integrate ∂_t p = Lp from p0 (grid shape) to t_final with SSP-RK(n², 3) (``scheme``
     "explicit") or positivity-limited ROS2 ("implicit", 2-D and 4-D; "auto":
     :func:`choose_scheme`).
 
@@ -538,15 +536,14 @@ def evolve(op, p0, t_final, dt=None, safety=0.8, trackers=(), checkpoint=None, r
         cons = ConservationTracker(interval=max(1, n_steps // 100))
         trackers.append(cons)
     state = State(p, step * dt, step, n_steps, dt, op)
-    scratch = np.empty_like(p) if ros2 is None else None
-    out = np.empty_like(p)
+    k, stage, out = np.empty_like(p), np.empty_like(p), np.empty_like(p)
     status = "t_final"
     for tr in trackers:
         tr.start(state)
     try:
         while state.step < n_steps:
             if ros2 is None:
-                op.ssp_rk2_step(state.p, dt, scratch, out)
+                op.ssp_rk3_step(state.p, dt, k, stage, out)
             else:
                 ros2(state.p, out)
             state.p, out = out, state.p

@@ -89,7 +89,7 @@ def test_default_centroid_circles_clockwise(default_movies, source):
     assert np.all(np.diff(angles[half]) < 0)
     # by as much as the exact mean: the centroid of exact cell averages is the mean up to
     # the 1e-6 mass cut off by the box (5e-4 rad); the solver's adds its O(h²) error,
-    # measured 3.2e-3 rad at 48² and 5.7e-5 rad at 96² cells
+    # measured 3.8e-3 rad at 48² and 2.9e-5 rad at 96² cells
     tol = 0.03 if source == "solver" else 1e-3
     np.testing.assert_allclose(angles[half], _mean_angles(movie)[half], atol=tol)
     # over half a damped period the centroid turns by about π in scaled coordinates

@@ -97,17 +97,15 @@ def test_transient_2d_matches_the_exact_gaussian(transient_runs):
 
 
 def test_implicit_is_second_order_in_time_and_conserves_mass(transient_runs):
-    """Limited ROS2 against the explicit SSP-RK(32, 2) run on the same 64² grid at an eighth
-    of its bound, Δt = 0.0035 (second order: the runs at a quarter and a sixteenth of the
-    bound differ by 6.8e-6; at the bound, 1.2e-4), so only the implicit time error remains:
-    it falls 4-fold per halved Δt (measured 4.50e-3, 1.10e-3, 2.51e-4: orders 2.03, 2.13;
+    """Limited ROS2 against the explicit SSP-RK(n², 3) run on the same 64² grid (whose time
+    error is negligible: third order, Δt = 0.018), so only the implicit time error remains:
+    it falls 4-fold per halved Δt (measured 4.50e-3, 1.10e-3, 2.52e-4: orders 2.03, 2.13;
     over 0.02 → 0.01, where the limiter acts on the ROS2 undershoot, 1.83).
     The default (accuracy) step keeps ROS2's moment error at t_final below TIME_TOL
     standard deviations, about 0.8·TIME_TOL of L1: the run differs from the explicit one by
     5.5e-4 (L1 against the exact Gaussian 1.08e-3 vs the explicit 9.75e-4)."""
-    prob, at_bound, err = transient_runs[64]
+    prob, explicit, err = transient_runs[64]
     vol = prob.grid.cell_volume
-    explicit = evolve(prob.op, prob.p0, prob.t_final, dt=at_bound.dt / 8)
     diffs = []
     for dt in (0.01, 0.005, 0.0025):
         res = evolve(prob.op, prob.p0, prob.t_final, dt=dt, scheme="implicit")
@@ -130,7 +128,7 @@ def test_implicit_keeps_the_density_positive(transient_runs, bound_multiple, cos
     −2.6e-3 and −1.8e-2 with κ = 1/3 slopes on the v axes): the limited step keeps every
     step's density ≥ −1e-12·max (final min/max 1.8e-19 and 4.7e-15), the mass to round-off,
     and its L1 error within ``cost`` of the explicit run's (default step: 1.081e-3 vs
-    9.77e-4, +11 %, the time error; unlimited 1.055e-3) or of unlimited ROS2's (10×:
+    9.75e-4, +11 %, the time error; unlimited 1.055e-3) or of unlimited ROS2's (10×:
     5.81e-3 vs 4.66e-3, +25 %: there the limiter falls back to first order where ROS2
     undershoots, a cost that grows as the spatial error shrinks; +12 % with the
     second-order scheme before)."""
@@ -149,7 +147,7 @@ def test_implicit_is_stable_far_beyond_the_explicit_bound_on_a_stiff_case():
     """Plain SGD with η = 0.01 (β = 0): friction (1−β)/m = 200, the v cells see a rate bound
     of 2.6e4/time. The implicit default step, 8 cells of advection per step
     (MAX_IMPLICIT_COURANT with the safety factor), is 30× the explicit bound; the
-    difference to the explicit run (measured 1.38e-3) is below a tenth of the spatial
+    difference to the explicit run (measured 1.4e-3) is below a tenth of the spatial
     error of either (2.6e-2), mass is kept to round-off and the density stays ≥ 0
     (unlimited ROS2: min/max −1.9e-5). 30× is below STIFF_RATIO: "auto"
     steps explicitly."""
@@ -243,7 +241,7 @@ def test_result_says_why_the_stationary_solve_stopped():
 
 @pytest.mark.parametrize("scheme", ["explicit", "implicit"])
 def test_interrupted_run_resumes_to_the_same_answer(tmp_path, scheme, interrupt_at):
-    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.8}), cells=24)
+    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.2}), cells=24)
     full = evolve(prob.op, prob.p0, prob.t_final, scheme=scheme)
     assert full.n_steps >= 20
     ck = CheckpointTracker(tmp_path / "ck.npz", key="k", every_s=1e9)
@@ -272,8 +270,8 @@ def test_storage_tracker_keeps_snapshots_on_its_schedule():
 
 def test_bad_input_is_refused():
     prob = setup_problem(default_case().replace(run=TRANSIENT), cells=16)
-    s = kernels.SSP_STAGES  # SSP-RK(s, 2): s − 1 times the forward-Euler bound
-    dt_max = (s - 1) / prob.op.max_rate()
+    n = kernels.SSP_N  # SSP-RK(n², 3): n² − n times the forward-Euler bound
+    dt_max = (n * n - n) / prob.op.max_rate()
     assert explicit_step_bound(prob.op) == dt_max
     with pytest.raises(UnstableError, match="run.dt"):
         step_size(prob.op, 1.0, dt=1.01 * dt_max)
@@ -443,16 +441,14 @@ def test_4d_strongly_correlated_noise_stays_positive_at_little_cost_in_accuracy(
 
 
 def test_4d_implicit_is_second_order_in_time_and_conserves_mass():
-    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(32, 2) run on 16⁴ with
-    Δt = t/32, a sixteenth of its bound (second order: its time error ~4e-6, the runs at a
-    quarter and a sixteenth of the bound differ by 5.9e-5; at the bound, 2 steps, it is
-    1.2e-3): the difference falls 4-fold per halved Δt (measured 2.13e-3, 5.90e-4,
-    1.53e-4: orders 1.85, 1.94), far below the spatial error (0.20 on this coarse grid);
-    GMRES inexactness touches neither the mass (flux form) nor the positivity (min/max
-    ≥ −1.4e-14: the low-order solve runs to 1e-10)."""
+    """Limited ROS2 (GMRES solves) against the explicit SSP-RK(n², 3) run on 16⁴ (third
+    order, Δt = 0.033): the difference falls 4-fold per halved Δt (measured 1.91e-3,
+    5.32e-4, 1.45e-4: orders 1.85, 1.88), far below the spatial error (0.24 on this coarse
+    grid); GMRES inexactness touches neither the mass (flux form) nor the positivity
+    (min/max ≥ −1.4e-14: the low-order solve runs to 1e-10)."""
     prob = _four_d_problem(16, 0.1)
     vol = prob.grid.cell_volume
-    explicit = evolve(prob.op, prob.p0, prob.t_final, dt=prob.t_final / 32)
+    explicit = evolve(prob.op, prob.p0, prob.t_final)
     spatial = compare(prob, explicit)["l1_error"]
     diffs = []
     for dt in (0.004, 0.002, 0.001):

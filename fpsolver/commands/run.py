@@ -184,7 +184,7 @@ def run(args):
             result = evolve(op, problem.p0, problem.t_final, dt=case.run.dt,
                             safety=case.run.safety, trackers=trackers, checkpoint=tracker,
                             resume=resume, scheme=case.run.scheme)
-            solver = {"explicit": f"ssp-rk({SSP_STAGES},2)",
+            solver = {"explicit": f"ssp-rk({SSP_STAGES},3)",
                       "implicit": "ros2-w-fct-" + ("lu" if grid.ndim == 2 else "gmres")
                       }[result.history["scheme"]]
     except UserError:

@@ -485,28 +485,41 @@ def colour_probe_kernel(p, colour, jac, shape, strides, vel0, velg, dif, cross, 
                    cross, cross_lim, inv_h, False, 0.0, _task_scratch(shape, strides), out[q])
 
 
-# SSP-RK(s, 2) (Ketcheson 2008, low storage): s forward-Euler stages of Δt/(s − 1), the last
-# blended with the step's start (weight 1/s): positive up to s − 1 times the forward-Euler
-# bound, s/(s − 1) rate evaluations per 1/rate_max of simulated time, 1.03 with s = 32 where
-# SSP-RK(25,3) took 1.25. Benchmark transient 44², in alternation: 53 steps of 25 stages →
-# 34 of 32 (−18 %), 15.0-16.1 → 12.0-12.7 ms; L1 2.725e-3 → 2.712e-3, its time error (to 8×
-# smaller steps) 2.6e-7 → 1.3e-4 (96²: 8.6e-9 → 1.5e-5 against a spatial 2.8e-4): second
-# order, the step ∝ h, and still a twentieth of the spatial error. s = 32: the weights 1/32
-# and 31/32 are exact and sum to 1 (mass to round-off over any number of steps)
-SSP_STAGES = 32  # rate evaluations per step
-SSP_COEFFICIENT = float(SSP_STAGES - 1)  # positive up to this × the Euler bound
-SSP_BLEND = 1.0 / SSP_STAGES  # the last stage's weight of the step's start
-# buffers (p, scratch, out): stage i writes SSP_WRITES[i], alternating so that the last
-# stage writes out, and reads what stage i − 1 wrote (stage 0: p, never written)
-SSP_WRITES = tuple(2 if (SSP_STAGES - 1 - i) % 2 == 0 else 1 for i in range(SSP_STAGES))
-SSP_READS = (0,) + SSP_WRITES[:-1]
+# SSP-RK(n², 3) with this n: n² stages, SSP coefficient n² − n. n = 10 needs 5-12 % fewer
+# stages for the benchmark transient and ran it about that much faster (48²-96²), but
+# takes 4.5× longer steps (time error ∝ step³) and 100-stage kernel calls
+SSP_N = 5
+
+
+def _ssp_stage_table(n):
+    """(reads, writes, blend stage) of Ketcheson's low-storage SSP-RK(n², 3) (2008) over
+    the buffers (p, s1, s2, out): stage i reads buffer reads[i] and writes writes[i]; the
+    blend stage n(n + 1)/2 − 1 (from 0) also takes blend·s1, s1 holding the state after the
+    first (n − 1)(n − 2)/2 stages. Built backwards from ``out``, the other stages
+    alternating between s2 and out, so s1 is written once and p never (n ≥ 3: for n = 2
+    the saved state would be p itself)."""
+    if n < 3:
+        raise ValueError(f"SSP-RK(n², 3) tables need n >= 3, got {n}")
+    save = (n - 1) * (n - 2) // 2
+    held = [3]  # held[-1]: the buffer that holds the state after the stages so far
+    for stage in range(n * n - 1, 0, -1):
+        held.append(1 if stage == save else 2 if held[-1] != 2 else 3)
+    held = [0] + held[::-1]
+    return tuple(held[:-1]), tuple(held[1:]), n * (n + 1) // 2 - 1
+
+
+SSP_READS, SSP_WRITES, SSP_BLEND_STAGE = _ssp_stage_table(SSP_N)
+SSP_STAGES = SSP_N * SSP_N  # rate evaluations per step
+SSP_COEFFICIENT = float(SSP_N * SSP_N - SSP_N)  # positive up to this × the Euler bound
+# the blend stage's weight n/(2n − 1) (≥ 1/2, so 1 − blend is exact: the two sum to 1)
+SSP_BLEND = SSP_N / (2.0 * SSP_N - 1.0)
 
 
 @kernel
-def ssp_rk2_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h, stream,
-                   tasks, flush, scratch, out):
-    """One SSP-RK(s, 2) step p → out (flat, N; ``scratch`` of N, none of them p): s
-    forward-Euler stages o = a·p + b·(w + h·L(w)), each one pass over the rows, in one
+def ssp_rk3_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h, stream,
+                   tasks, flush, s1, s2, out):
+    """One SSP-RK(n², 3) step p → out (flat, N; s1, s2 scratch, none of them p): n²
+    forward-Euler stages o = a·s1 + b·(w + h·L(w)), each one pass over the rows, in one
     call (one call per stage from Python spent more time in dispatch than in the stages on
     grids up to ~100²). ``stream``, ``tasks``: as :func:`rate_kernel`. The tasks stay alive
     across the stages: one per block of rows, each takes its own block first (its rows are
@@ -523,13 +536,13 @@ def ssp_rk2_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_
     n_rows = p.size // nl
     per = _rows_per_task(n_rows, tasks)
     blocks = (n_rows + per - 1) // per
-    bufs = (p, scratch, out)
+    bufs = (p, s1, s2, out)
     taken = np.zeros(SSP_STAGES * blocks, dtype=np.int64)  # per stage and block: claimed
     done = np.zeros(SSP_STAGES, dtype=np.int64)  # per stage: blocks finished
     for worker in prange(blocks):
         scratch = _task_scratch(shape, strides)
         for stage in range(SSP_STAGES):
-            a = SSP_BLEND if stage == SSP_STAGES - 1 else 0.0
+            a = SSP_BLEND if stage == SSP_BLEND_STAGE else 0.0
             b = 1.0 - a
             w = bufs[SSP_READS[stage]]
             o = bufs[SSP_WRITES[stage]]
@@ -539,7 +552,7 @@ def ssp_rk2_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_
                     continue
                 if stage > 0:
                     wait_for(done, stage - 1, blocks)
-                _task_rows(block, per, w, w, SCHEME, a, p, b, b * h, shape, strides, vel0,
+                _task_rows(block, per, w, w, SCHEME, a, s1, b, b * h, shape, strides, vel0,
                            velg, dif, cross, cross_lim, inv_h, stream, flush, scratch, o)
                 atomic_add(done, stage, 1)
 

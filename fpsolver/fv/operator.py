@@ -153,17 +153,18 @@ class FPOperator:
         """dp/dt = −∇·F(p) of the (nonlinear, limited) scheme; same shape as p."""
         return self._rate_kernel(p, p, kernels.SCHEME, out)
 
-    def ssp_rk2_step(self, p, dt, scratch, out):
-        """out = one SSP-RK(s, 2) step of length dt from p (Ketcheson 2008, low-storage,
-        s = kernels.SSP_STAGES): s forward-Euler stages of dt/(s − 1), the last a convex
-        combination with p, so positive up to dt = (s − 1)/rate_max. Flat arrays;
-        ``scratch`` is one array of p's size (4-D grids hold 10⁷ cells). The stages run in
-        one kernel call (:func:`kernels.ssp_rk2_kernel`). Values below ``self.flush``
-        become 0 (mass change ≤ FLUSH_RELATIVE, 1e-250)."""
+    def ssp_rk3_step(self, p, dt, s1, s2, out):
+        """out = one SSP-RK(n², 3) step of length dt from p (Ketcheson 2008, low-storage,
+        n = kernels.SSP_N): n² forward-Euler stages of dt/(n² − n), one of them a convex
+        combination with an earlier stage, so positive up to dt = (n² − n)/rate_max. Flat
+        arrays; ``s1`` and ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷
+        cells). The stages run in one kernel call (:func:`kernels.ssp_rk3_kernel`, which
+        holds the stage table). Values below ``self.flush`` become 0 (mass change
+        ≤ FLUSH_RELATIVE, 1e-250)."""
         with threads_for(self.size, passes=kernels.SSP_STAGES) as tasks:
-            kernels.ssp_rk2_kernel(self.flat(p), dt / kernels.SSP_COEFFICIENT,
-                                   *self.kernel_args(), self.stream, tasks, self.flush,
-                                   scratch, out)
+            kernels.ssp_rk3_kernel(self.flat(p), dt / kernels.SSP_COEFFICIENT,
+                                   *self.kernel_args(), self.stream, tasks, self.flush, s1,
+                                   s2, out)
         return out
 
     def jacobian_apply(self, p, w, out=None):

@@ -3,7 +3,7 @@
 numba's ``prange`` ends every parallel loop with a fork-join of the thread pool: about
 2 µs on the 2-core VM, a fifth of an SSP-RK stage on a 48² grid. A kernel that keeps its
 tasks alive across stages instead counts finished blocks with :func:`atomic_add` and
-waits for the count with :func:`wait_for` (see :func:`fpsolver.fv.kernels.ssp_rk2_kernel`).
+waits for the count with :func:`wait_for` (see :func:`fpsolver.fv.kernels.ssp_rk3_kernel`).
 """
 
 import os
