@@ -37,6 +37,6 @@ def prefer_full_width_vectors():
     # eight lanes leave up to seven faces of a row to the loop's scalar remainder, ~25 ns
     # each: vectorise remainders (LLVM does so only behind loops of 16 lanes or more by
     # default). One thread, SSP stage, 44 rows of 44 / 47 / 48 cells: 307 → 219, 397 →
-    # 273, 232 → 222 ns per row, the same bits
+    # 273, 232 → 222 ns per row, the same bits (docs/numerics.rst: whole steps)
     llvm.set_option("", f"-epilogue-vectorization-minimum-VF={EPILOGUE_MIN_LANES}")
     return True

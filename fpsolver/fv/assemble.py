@@ -137,33 +137,23 @@ def sparse_lu(matrix, banded=False):
     256² 1.19-1.21 → 0.71-0.91 s, 20-35 % less fill, the same residual (1e-12-1e-10)."""
     m = sp.csc_matrix(matrix)
     if banded:
-        kl, ku = _bandwidths(m)
+        cols = np.repeat(np.arange(m.shape[1]), np.diff(m.indptr))  # of each stored entry
+        off = cols - m.indices
+        kl, ku = (int(max(0, -off.min())), int(max(0, off.max()))) if off.size else (0, 0)
         if m.shape[0] * kl * (kl + ku) <= BAND_MAX_WORK:
-            return BandLu(m, kl, ku)
+            return BandLu(m, cols, kl, ku)
     return spla.splu(m, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
                      options={"SymmetricMode": True})
 
 
-def _columns(m):
-    """Column index of every stored entry of a CSC matrix (nnz,)."""
-    return np.repeat(np.arange(m.shape[1]), np.diff(m.indptr))
-
-
-def _bandwidths(m):
-    """(kl, ku): the sub- and super-diagonals a CSC matrix ``m`` reaches."""
-    off = _columns(m) - m.indices
-    return (int(max(0, -off.min())), int(max(0, off.max()))) if off.size else (0, 0)
-
-
 class BandLu:
-    """LU with partial pivoting of a banded CSC matrix (N×N, kl sub- and ku
-    super-diagonals) by LAPACK's gbtrf; ``solve(b)`` (b (N,)) by gbtrs. An exactly
+    """LU with partial pivoting of a banded CSC matrix ``m`` (N×N, kl sub- and ku
+    super-diagonals; ``cols`` the column of each stored entry) by LAPACK's gbtrf; ``solve(b)`` (b (N,)) by gbtrs. An exactly
     singular matrix raises RuntimeError, as SuperLU does. The factorisation runs on one BLAS
     thread (:func:`~fpsolver.fv.policy.single_threaded_blas`); the solves, level-2 BLAS,
     without the limit, which took 50-80 µs of a 100-400 µs solve (32²-48²)."""
 
-    def __init__(self, m, kl, ku):
-        cols = _columns(m)
+    def __init__(self, m, cols, kl, ku):
         band = np.zeros((2 * kl + ku + 1, m.shape[0]), order="F")  # kl rows for the fill
         band[kl + ku + m.indices - cols, cols] = m.data
         gbtrf, self._gbtrs = sla.get_lapack_funcs(("gbtrf", "gbtrs"), (band,))

@@ -72,13 +72,14 @@ def threads_for(n_cells, passes=1):
 def single_threaded_blas():
     """Context limiting BLAS to one thread: threaded BLAS calls (GMRES dot products, banded
     LU) next to the numba threads thrash a 2-core machine (48² banded LU: 9.8 ms on two
-    threads, 4.3 ms on one). Enter and exit take 5 µs (threadpool_limits, which looks up
-    the loaded libraries each time: 1.1 ms)."""
+    threads, 4.3 ms on one). Enter and exit take 5 µs alone, 50-80 µs next to a LAPACK call
+    (threadpool_limits, which looks up the loaded libraries each time: 1.1 ms)."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
 @functools.cache
 def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries, built once."""
     from threadpoolctl import ThreadpoolController
     return ThreadpoolController()
 
