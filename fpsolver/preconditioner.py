@@ -24,7 +24,6 @@ averages, 20⁴): plain SGD η = 1.5e-3 (Re eig A 0.09 … 1366): line solves al
 import numpy as np
 import scipy.sparse.linalg as spla
 
-from . import theory
 from .fv import marginal_matrix, pinned, sparse_lu
 
 OVERDAMPED_RATIO = 15.0  # max/min Re eig A from which the slow-manifold correction is added
@@ -41,7 +40,7 @@ def conditional_velocity_profiles(op):
     conditional density of v given θ at the cell centres, at the velocity cell centres,
     normalised to sum 1 over the row."""
     d = op.grid.ndim // 2
-    cov = theory.stationary_cov(op)
+    cov = op.stationary_cov
     gain = cov[d:, :d] @ np.linalg.inv(cov[:d, :d])
     precision = np.linalg.inv(cov[d:, d:] - gain @ cov[d:, :d].T)
     centers = op.grid.centers

@@ -34,7 +34,7 @@ import scipy.sparse.linalg as spla
 
 from . import theory
 from .errors import SolverError, UserError
-from .fv import jacobian_matrix, pinned, sparse_lu
+from .fv import pinned_jacobian_lu
 from .fv.policy import single_threaded_blas
 from .io import atomic_savez, read_checkpoint
 from .preconditioner import StationaryPreconditioner
@@ -90,8 +90,7 @@ class _DirectSolver:
 
     def factor(self, p):
         self.row = int(np.argmax(p))
-        m = pinned(jacobian_matrix(self.op, p), self.row)
-        self.lu = sparse_lu(m, banded=True)
+        self.lu = pinned_jacobian_lu(self.op, p, self.row)
         self.n_factor += 1
 
     def _trial(self, p, rate, res, vol):
@@ -197,7 +196,7 @@ def gaussian_start(op):
     mostly took several times the Newton steps (§13 case 24⁴ / 32⁴: 10 / 8 steps, 5.0 / 13
     s, nested from the half grid; from the Gaussian 2 / 2 steps, 0.6 / 2.5 s, the same
     density to 3e-6; 2-D β = 0.999 at 24²: 17 steps before, 20 now)."""
-    p = theory.gaussian_cell_averages(op.mean, theory.stationary_cov(op), op.grid.edges,
+    p = theory.gaussian_cell_averages(op.mean, op.stationary_cov, op.grid.edges,
                                       order=1).ravel()
     return p / (p.sum() * op.grid.cell_volume)
 

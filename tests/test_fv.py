@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from fpsolver.fv import FPOperator, jacobian_matrix, kernels, pinned, reference, sparse_lu
+from fpsolver.fv import (FPOperator, jacobian_matrix, kernels, pinned, pinned_jacobian_lu,
+                         reference, sparse_lu)
 from fpsolver.fv.assemble import BandLu
 from fpsolver.fv.policy import num_threads
 from fpsolver.grid import uniform_grid
@@ -205,22 +206,25 @@ def test_probed_matrix_is_the_kernel_jacobian(make, rng):
 
 
 def test_banded_lu_solves_the_pinned_jacobian_like_superlu(rng):
-    """The stationary solve's banded LAPACK LU (12×10 grid: kl = ku = 20, well inside
-    BAND_MAX_WORK) against SuperLU on the pinned Jacobian: both backward stable with
-    pivoting, so residuals of round-off times the matrix's growth (measured 1e-15 of |b|)
-    and solutions equal to round-off times its condition; an exactly singular matrix is
-    refused as SuperLU refuses it."""
+    """The stationary solve's banded LAPACK LU, assembled straight into band storage (12×10
+    grid: kl = ku = 20, well inside BAND_MAX_WORK), against SuperLU on the pinned CSC
+    Jacobian: both backward stable with pivoting, so residuals of round-off times the
+    matrix's growth (measured 1e-15 of |b|) and solutions equal to round-off times its
+    condition; an exactly singular matrix is refused as SuperLU refuses it."""
     op = _operator_2d()
     p = rng.random(op.size)
-    m = pinned(jacobian_matrix(op, p), int(np.argmax(p)))
-    band = sparse_lu(m, banded=True)
+    r = int(np.argmax(p))
+    m = pinned(jacobian_matrix(op, p), r)
+    band = pinned_jacobian_lu(op, p, r)
     assert isinstance(band, BandLu) and (band.kl, band.ku) == (20, 20)
     b = rng.random(op.size)
     x = band.solve(b)
     assert np.abs(m @ x - b).max() <= 1e-10 * np.abs(b).max()
     np.testing.assert_allclose(x, sparse_lu(m).solve(b), rtol=0, atol=1e-9 * np.abs(x).max())
+    singular = np.zeros((4, 3), order="F")  # diag(1, 0, 2), kl = ku = 1
+    singular[2] = [1.0, 0.0, 2.0]
     with pytest.raises(RuntimeError, match="singular"):
-        sparse_lu(sp.diags([1.0, 0.0, 2.0]), banded=True)
+        BandLu(singular, 1, 1)
 
 
 @pytest.mark.parametrize("d12", [0.0] + FOUR_D_CROSS)

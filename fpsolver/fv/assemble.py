@@ -59,17 +59,28 @@ def _pattern(shape, cross_pairs):
     return color, rows, indptr, source
 
 
+def _cross_pairs(op):
+    """The axis pairs (a, b) of ``op`` with cross-diffusion (the pattern's key)."""
+    return tuple((int(a), int(b)) for a, b in zip(*np.nonzero(op.cross)))
+
+
+def _probes(op, p, first_order):
+    """The colour probes of the Jacobian at p (or of W): (5^ndim, N), probe q at row i the
+    entry (i, j) of the cell j of colour q in reach of i; with the pattern (:func:`_pattern`)."""
+    pattern = _pattern(tuple(op.shape), _cross_pairs(op))
+    probes = np.empty((5 ** len(op.shape), op.size))
+    with threads_for(probes.size):
+        kernels.colour_probe_kernel(np.empty(0) if first_order else op.flat(p), pattern[0],
+                                    kernels.FIRST_ORDER if first_order else kernels.JACOBIAN,
+                                    *op.kernel_args(first_order), probes)
+    return probes, pattern
+
+
 def jacobian_matrix(op, p, first_order=False):
     """CSC matrix of ``op.jacobian_apply(p, ·)`` (N × N; rate(p) = matrix @ p), or with
     ``first_order`` that of ``op.first_order_apply`` (p unused); entries that are exactly
     0 (saturated slopes; the first-order operator's ±2 neighbours) are not stored."""
-    pairs = tuple((int(a), int(b)) for a, b in zip(*np.nonzero(op.cross)))
-    color, rows, indptr, source = _pattern(tuple(op.shape), pairs)
-    probes = np.empty((5 ** len(op.shape), op.size))
-    with threads_for(probes.size):
-        kernels.colour_probe_kernel(np.empty(0) if first_order else op.flat(p), color,
-                                    kernels.FIRST_ORDER if first_order else kernels.JACOBIAN,
-                                    *op.kernel_args(first_order), probes)
+    probes, (_, rows, indptr, source) = _probes(op, p, first_order)
     m = sp.csc_matrix((probes.ravel()[source], rows.copy(), indptr.copy()),
                       shape=(op.size, op.size))
     m.eliminate_zeros()
@@ -118,8 +129,8 @@ def marginal_matrix(apply, basis, position_shape):
     return out
 
 
-# LAPACK's banded LU (gbtrf, partial pivoting) for sparse_lu(banded=True) where its work
-# N·kl·(kl + ku) is at most this. One BLAS thread, pinned stationary Jacobian (kl = ku =
+# LAPACK's banded LU (gbtrf, partial pivoting) for :func:`pinned_jacobian_lu` where its
+# work N·kl·(kl + ku) is at most this. One BLAS thread, pinned stationary Jacobian (kl = ku =
 # 2n), factorisation with assembly and one solve, banded vs SuperLU: 32² 1.6 + 0.1 vs
 # 4.6 + 0.09 ms, 48² (4.2e7) 6.2 + 0.5 vs 11.6 + 0.25, 64² (1.3e8) 18 + 1.8 vs 22 + 0.5,
 # 96² 78 vs 70: the banded solves cost more, so callers that solve many times per
@@ -127,35 +138,57 @@ def marginal_matrix(apply, basis, position_shape):
 BAND_MAX_WORK = 5e7
 
 
-def sparse_lu(matrix, banded=False):
-    """LU factorisation of a sparse N×N operator matrix with a ``solve(b)`` method. With
-    ``banded``, LAPACK's banded LU (:class:`BandLu`) where the band is narrow enough
-    (BAND_MAX_WORK). Otherwise SuperLU with minimum-degree order on A + Aᵀ and diagonal
-    pivots unless one is below 0.1 of its column's largest entry (SuperLU's SymmetricMode;
-    the stencil's pattern is symmetric). The pinned stationary Jacobian, against COLAMD
-    with partial pivoting (two timings each): 40² 8.8 → 4.5 ms, 128² 150-206 → 87-128 ms,
-    256² 1.19-1.21 → 0.71-0.91 s, 20-35 % less fill, the same residual (1e-12-1e-10)."""
-    m = sp.csc_matrix(matrix)
-    if banded:
-        cols = np.repeat(np.arange(m.shape[1]), np.diff(m.indptr))  # of each stored entry
-        off = cols - m.indices
-        kl, ku = (int(max(0, -off.min())), int(max(0, off.max()))) if off.size else (0, 0)
-        if m.shape[0] * kl * (kl + ku) <= BAND_MAX_WORK:
-            return BandLu(m, cols, kl, ku)
-    return spla.splu(m, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
+def sparse_lu(matrix):
+    """SuperLU factorisation (``solve(b)``) of a sparse N×N operator matrix, with
+    minimum-degree order on A + Aᵀ and diagonal pivots unless one is below 0.1 of its
+    column's largest entry (SuperLU's SymmetricMode; the stencil's pattern is symmetric).
+    The pinned stationary Jacobian, against COLAMD with partial pivoting (two timings each):
+    40² 8.8 → 4.5 ms, 128² 150-206 → 87-128 ms, 256² 1.19-1.21 → 0.71-0.91 s, 20-35 % less
+    fill, the same residual (1e-12-1e-10)."""
+    return spla.splu(sp.csc_matrix(matrix), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.1,
                      options={"SymmetricMode": True})
 
 
-class BandLu:
-    """LU with partial pivoting of a banded CSC matrix ``m`` (N×N, kl sub- and ku
-    super-diagonals; ``cols`` the column of each stored entry) by LAPACK's gbtrf; ``solve(b)`` (b (N,)) by gbtrs. An exactly
-    singular matrix raises RuntimeError, as SuperLU does. The factorisation runs on one BLAS
-    thread (:func:`~fpsolver.fv.policy.single_threaded_blas`); the solves, level-2 BLAS,
-    without the limit, which took 50-80 µs of a 100-400 µs solve (32²-48²)."""
+@functools.lru_cache(maxsize=8)
+def _band_layout(shape, cross_pairs):
+    """(kl, ku, index): the Jacobian pattern's (:func:`_pattern`) sub- and super-diagonals
+    and, for every stored entry (i, j), its flat index i − j + kl + ku + (2kl + ku + 1)·j in
+    LAPACK's band storage with kl rows for the fill (column-major). Read-only."""
+    _, rows, indptr, _ = _pattern(shape, cross_pairs)
+    cols = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    kl, ku = int(np.max(rows - cols)), int(np.max(cols - rows))
+    index = rows - cols + kl + ku + (2 * kl + ku + 1) * cols
+    index.setflags(write=False)
+    return kl, ku, index
 
-    def __init__(self, m, cols, kl, ku):
-        band = np.zeros((2 * kl + ku + 1, m.shape[0]), order="F")  # kl rows for the fill
-        band[kl + ku + m.indices - cols, cols] = m.data
+
+def pinned_jacobian_lu(op, p, r):
+    """LU (``solve(b)``) of the Jacobian at p (:func:`jacobian_matrix`) with row r replaced
+    by the unit row e_r (:func:`pinned`): LAPACK's banded LU (:class:`BandLu`), assembled
+    straight into band storage, where N·kl·(kl + ku) ≤ BAND_MAX_WORK (2-D up to 48²), else
+    SuperLU (:func:`sparse_lu`)."""
+    kl, ku, index = _band_layout(tuple(op.shape), _cross_pairs(op))
+    n = op.size
+    if n * kl * (kl + ku) > BAND_MAX_WORK:
+        return sparse_lu(pinned(jacobian_matrix(op, p), r))
+    probes, (_, _, _, source) = _probes(op, p, False)
+    band = np.zeros((n, 2 * kl + ku + 1))  # its transpose: band storage, column-major
+    band.ravel()[index] = probes.ravel()[source]
+    cols = np.arange(max(0, r - kl), min(n, r + ku + 1))
+    band[cols, r - cols + kl + ku] = 0.0  # row r ...
+    band[r, kl + ku] = 1.0  # ... becomes e_r
+    return BandLu(band.T, kl, ku)
+
+
+class BandLu:
+    """LU with partial pivoting of a band matrix by LAPACK's gbtrf; ``solve(b)`` (b (N,)) by
+    gbtrs. ``band`` ((2kl + ku + 1, N), Fortran order; overwritten): the matrix in LAPACK's
+    band storage, A[i, j] at band[kl + ku + i − j, j], with kl rows left for the fill. An
+    exactly singular matrix raises RuntimeError, as SuperLU does. The factorisation runs on
+    one BLAS thread (:func:`~fpsolver.fv.policy.single_threaded_blas`); the solves, level-2
+    BLAS, without the limit, which took 50-80 µs of a 100-400 µs solve (32²-48²)."""
+
+    def __init__(self, band, kl, ku):
         gbtrf, self._gbtrs = sla.get_lapack_funcs(("gbtrf", "gbtrs"), (band,))
         with single_threaded_blas():
             self.lu, self.piv, info = gbtrf(band, kl, ku, overwrite_ab=True)

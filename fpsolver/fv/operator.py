@@ -44,8 +44,11 @@ The probability current is built from the same face fluxes (average of a cell's 
 faces), so ∇·J of the scheme is exactly the update.
 """
 
+import functools
+
 import numpy as np
 
+from .. import theory
 from ..errors import SolverError
 from . import kernels
 from .policy import streams_output, threads_for
@@ -132,6 +135,12 @@ class FPOperator:
         first-order W without the saturated cross-diffusion (W stays an M-matrix)."""
         return (self.shape_arr, self.strides, self.vel0, self.velg, self.dif, self.cross,
                 self._no_cross_lim if first_order else self.cross_lim, self.inv_h)
+
+    @functools.cached_property
+    def stationary_cov(self):
+        """Covariance P (2d, 2d) of the continuous equation's stationary Gaussian, AP + PAᵀ =
+        2D (:func:`~fpsolver.theory.stationary_cov`; computed once per operator)."""
+        return theory.stationary_cov(self)
 
     def flat(self, a):
         """``a`` as a contiguous flat float array (N,); SolverError unless it has N cells."""
