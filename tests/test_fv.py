@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from fpsolver.fv import (FPOperator, jacobian_matrix, kernels, pinned, pinned_jacobian_lu,
                          reference, sparse_lu)
+from fpsolver.fv import assemble
 from fpsolver.fv.assemble import BandLu
 from fpsolver.fv.policy import num_threads
 from fpsolver.grid import uniform_grid
@@ -189,6 +190,22 @@ def test_jacobian_is_the_derivative_of_the_rate(make, rng):
     fd = (op.rate(p + eps * w) - op.rate(p - eps * w)) / (2 * eps)
     exact = op.jacobian_apply(p, w)
     np.testing.assert_allclose(exact, fd, rtol=0, atol=1e-6 * np.abs(exact).max())
+
+
+@pytest.mark.parametrize("shape, pairs, colours", [((12, 10), (), 10),
+                                                    ((6, 5, 7, 6), (), 17),
+                                                    ((6, 5, 7, 6), ((2, 3),), 23)])
+def test_the_probe_colouring_separates_every_stencil(shape, pairs, colours):
+    """Every row's stencil members get distinct colours (else two entries would land in one
+    probe), with 10 / 17 / 23 colours (9 / 17 / 21 members; the (i_k mod 5) colouring took
+    25 / 625)."""
+    color = assemble._pattern(shape, pairs)[0].reshape(shape)
+    assert color.max() + 1 == colours
+    offsets = assemble._offsets(len(shape), pairs)
+    for cell in np.ndindex(shape):
+        members = [tuple(np.add(cell, o)) for o in offsets]
+        inside = [c for c in members if all(0 <= x < n for x, n in zip(c, shape))]
+        assert len({color[c] for c in inside}) == len(inside)
 
 
 @pytest.mark.parametrize("make", [_operator_2d, _operator_4d, lambda: _operator_4d(-0.8)])

@@ -1,10 +1,11 @@
 """Sparse assembly of the operator's Jacobian by probing the numba kernel.
 
 The stencil of a cell reaches ±2 cells along every axis (MUSCL) and the four diagonals of
-each cross-diffused velocity pair. Colouring cells by (i_k mod 5) on every axis makes every
-two stencil members of a row differ in colour, so one Jacobian-vector product per colour
-yields every entry: 25 products in 2-D, 625 in 4-D (small grids only). The matrix is
-therefore exactly the kernel's Jacobian (or the first-order operator W's matrix).
+each cross-diffused velocity pair. A colouring of the cells under which every two stencil
+members of a row differ in colour yields every entry with one Jacobian-vector product per
+colour (:func:`_colouring`: 10 products in 2-D, 17 in 4-D, 23 with cross-diffusion; the
+colouring by (i_k mod 5) on every axis took 25 and 625). The matrix is therefore exactly
+the kernel's Jacobian (or the first-order operator W's matrix).
 """
 
 import functools
@@ -33,18 +34,36 @@ def _offsets(ndim, cross_pairs):
 
 
 @functools.lru_cache(maxsize=8)
+def _colouring(offsets):
+    """(m, k) of the linear colouring c(i) = k·i mod m (k₀ = 1, k (ndim,)) with the fewest
+    colours m under which the stencil ``offsets`` (tuples of per-axis shifts) of every row
+    differ in colour: a row's members i + o get k·i + k·o, distinct mod m when the k·o are.
+    The search ends by m = 5^ndim, where k = (1, 5, 25, …) is the colouring by
+    (i_k mod 5) (stencils within ±2)."""
+    offs = np.array(offsets)
+    ndim = offs.shape[1]
+    for m in itertools.count(len(offs)):
+        for rest in itertools.product(range(m), repeat=ndim - 1):
+            k = np.array((1, *rest))
+            if np.unique(offs @ k % m).size == len(offs):
+                return m, k
+
+
+@functools.lru_cache(maxsize=8)
 def _pattern(shape, cross_pairs):
     """The Jacobian's CSC pattern on a grid of ``shape``: (colour of each cell (N,),
-    row indices, column pointers, and for every stored entry its flat index into the
-    probes (colours × N): the entry (i, j) is probe colour(j) at row i). Read-only: the
-    operator's grid and stencil fix it, so repeated assemblies (Newton steps, implicit
-    steppers) reuse it (assembly and :func:`pinned`, the same matrices as before: 40²
-    1.9 → 0.9 ms, 128² 10.7 → 4.1 ms)."""
+    :func:`_colouring`), row indices, column pointers, and for every stored entry its flat
+    index into the probes (colours × N): the entry (i, j) is probe colour(j) at row i).
+    Read-only: the operator's grid and stencil fix it, so repeated assemblies (Newton
+    steps, implicit steppers) reuse it (assembly and :func:`pinned`, the same matrices as
+    before: 40² 1.9 → 0.9 ms, 128² 10.7 → 4.1 ms)."""
     ndim, size = len(shape), int(np.prod(shape))
     idx = np.indices(shape).reshape(ndim, -1)
-    color = np.ravel_multi_index(idx % 5, (5,) * ndim)
+    offsets = _offsets(ndim, cross_pairs)
+    m, k = _colouring(tuple(offsets))
+    color = k @ idx % m
     rows, cols = [], []
-    for off in _offsets(ndim, cross_pairs):
+    for off in offsets:
         j = idx + np.array(off)[:, None]
         ok = np.all((j >= 0) & (j < np.array(shape)[:, None]), axis=0)
         rows.append(np.nonzero(ok)[0])
@@ -65,10 +84,10 @@ def _cross_pairs(op):
 
 
 def _probes(op, p, first_order):
-    """The colour probes of the Jacobian at p (or of W): (5^ndim, N), probe q at row i the
+    """The colour probes of the Jacobian at p (or of W): (colours, N), probe q at row i the
     entry (i, j) of the cell j of colour q in reach of i; with the pattern (:func:`_pattern`)."""
     pattern = _pattern(tuple(op.shape), _cross_pairs(op))
-    probes = np.empty((5 ** len(op.shape), op.size))
+    probes = np.empty((int(pattern[0].max()) + 1, op.size))
     with threads_for(probes.size):
         kernels.colour_probe_kernel(np.empty(0) if first_order else op.flat(p), pattern[0],
                                     kernels.FIRST_ORDER if first_order else kernels.JACOBIAN,
