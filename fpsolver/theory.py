@@ -181,15 +181,15 @@ def gaussian_cell_averages(mean, cov, edges, order=None):
         with np.errstate(under="ignore"):  # far-tail densities flush to zero
             quad = sum(prec[a, b] * grids[a] * grids[b] for a in range(n) for b in range(n))
             vals = np.exp(log_norm - 0.5 * quad)
-        if order == 1:  # the midpoint rule: weight 1, nothing to sum (the same bits)
-            out[i0:i1] = vals
-            continue
-        w = np.ones(1)
-        for wa in [wts[0][sl]] + wts[1:]:
-            w = np.multiply.outer(w, wa)
-        out[i0:i1] = (vals * w[0]).reshape(
-            sum(((s, order) for s in (i1 - i0,) + shape[1:]), ())).sum(
-                axis=tuple(range(1, 2 * n, 2)))
+            if order == 1:  # the midpoint rule: weight 1, nothing to sum (the same bits)
+                out[i0:i1] = vals
+                continue
+            w = np.ones(1)
+            for wa in [wts[0][sl]] + wts[1:]:
+                w = np.multiply.outer(w, wa)
+            out[i0:i1] = (vals * w[0]).reshape(
+                sum(((s, order) for s in (i1 - i0,) + shape[1:]), ())).sum(
+                    axis=tuple(range(1, 2 * n, 2)))
     return out
 
 
