@@ -108,7 +108,7 @@ class RunConfig:
     initial_cov_scale: float = 0.1
     scheme: str = "auto"
     dt: float | None = None
-    safety: float = 0.8
+    safety: float | None = None  # None: the scheme's own (solve.EXPLICIT/IMPLICIT_SAFETY)
     steady_tol: float = 1e-10
 
 
@@ -367,7 +367,7 @@ def _parse_run(data, dim):
             "dt": positive(float), "safety": positive(float), "steady_tol": positive(float)}
     values = take_keys(check_table(data, "run"), "run", spec)
     run = RunConfig(**values)
-    if not 0 < run.safety <= 1:
+    if run.safety is not None and not 0 < run.safety <= 1:
         raise CaseError(f"run.safety must be in (0, 1], got {run.safety}")
     if run.steady_tol > MAX_STEADY_TOL:
         raise CaseError(f"run.steady_tol must be <= {MAX_STEADY_TOL:g} (a looser stop is not "

@@ -175,7 +175,7 @@ def test_transient_stops_once_it_is_stationary(tmp_path):
 
 
 def test_resume_continues_an_interrupted_run_to_the_same_answer(tmp_path, interrupt_at):
-    path = _case(tmp_path, run=TRANSIENT.replace("0.3", "0.6"))
+    path = _case(tmp_path, run=TRANSIENT.replace("0.3", "0.8"))
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["run", path, "--out", str(full), "--no-progress", "--no-figure"]) == 0
     steps = json.loads((full / "summary.json").read_text())["n_steps"]
