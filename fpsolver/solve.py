@@ -264,15 +264,26 @@ EXPLICIT_SAFETY = 1.0
 IMPLICIT_SAFETY = 0.8
 
 
-def _halved_until_accurate(op, p0, t_final, step, step_matrix):
-    """``step`` (time), halved at most MAX_HALVINGS times until the scheme's error on the
-    exact moments at t_final (:mod:`fpsolver.time_error`), taking ``step``'s landing steps
-    from the moments of p0, is at most TIME_TOL; ``step_matrix(G, dt)``: the scheme's step
-    on the moment ODE y' = Gy. On one BLAS thread: the OpenBLAS workers these small LAPACK
-    calls wake keep spinning for tens of milliseconds, and the numba stages after them ran
-    on a shared core (benchmark transient, 44²: 7.5 → 95 ms)."""
+def _moment_start(op, p0):
+    """(G, mean, covariance): the moment ODE y' = Gy and the moments of the initial density
+    p0, for the time-error checks (:mod:`fpsolver.time_error`); None without p0."""
+    if p0 is None:
+        return None
     mean0, cov0 = moments(np.reshape(p0, op.shape), op.grid)
-    g = moment_generator(op.drift, op.diffusion)
+    return moment_generator(op.drift, op.diffusion), mean0, cov0
+
+
+def _halved_until_accurate(op, start, t_final, step, step_matrix):
+    """``step`` (time), halved at most MAX_HALVINGS times until the scheme's error on the
+    exact moments at t_final, taking ``step``'s landing steps from ``start``
+    (:func:`_moment_start`; None: no check), is at most TIME_TOL; ``step_matrix(G, dt)``:
+    the scheme's step on the moment ODE. On one BLAS thread: the OpenBLAS workers these
+    small LAPACK calls wake keep spinning for tens of milliseconds, and the numba stages
+    after them ran on a shared core (benchmark transient, 44²: 95 ms, 8.3 ms with the
+    limit)."""
+    if start is None:
+        return step
+    g, mean0, cov0 = start
     with single_threaded_blas():
         for _ in range(MAX_HALVINGS):
             dt, n_steps = _landing(t_final, step)
@@ -288,6 +299,12 @@ def step_size(op, t_final, dt=None, safety=None, p0=None):
     (default EXPLICIT_SAFETY) times the positivity bound and, given the initial density
     p0, halved until SSP-RK's error on the exact moments at t_final is at most TIME_TOL;
     refuses a forced dt above the bound."""
+    return _explicit_steps(op, t_final, dt, safety,
+                           None if dt is not None else _moment_start(op, p0))
+
+
+def _explicit_steps(op, t_final, dt, safety, start):
+    """:func:`step_size` with the moments of p0 given as ``start`` (:func:`_moment_start`)."""
     _check_t_final(t_final)
     dt_max = explicit_step_bound(op)
     if dt is not None:
@@ -296,9 +313,8 @@ def step_size(op, t_final, dt=None, safety=None, p0=None):
                                 "of this grid (positivity bound)")
         return _landing(t_final, dt)
     step = (EXPLICIT_SAFETY if safety is None else safety) * dt_max
-    if p0 is not None:
-        step = _halved_until_accurate(op, p0, t_final, step, ssp_step_matrix)
-    return _landing(t_final, step)
+    return _landing(t_final, _halved_until_accurate(op, start, t_final, step,
+                                                    ssp_step_matrix))
 
 
 def _landing(t_final, step):
@@ -331,9 +347,15 @@ MAX_IMPLICIT_COURANT = 10.0
 def implicit_step_size(op, t_final, dt=None, safety=None, p0=None):
     """(dt, n_steps) of the implicit scheme: forced ``dt`` or ``safety`` (default
     IMPLICIT_SAFETY) times :func:`_accuracy_step` (for the run from p0 to t_final)."""
+    return _implicit_steps(op, t_final, dt, safety,
+                           None if dt is not None else _moment_start(op, p0))
+
+
+def _implicit_steps(op, t_final, dt, safety, start):
+    """:func:`implicit_step_size` with the moments of p0 given as ``start``."""
     _check_t_final(t_final)
     if dt is None:
-        dt = _implicit_safety(safety) * _accuracy_step(op, p0, t_final, safety)
+        dt = _implicit_safety(safety) * _accuracy_step(op, start, t_final, safety)
     elif not dt > 0:
         raise UserError(f"run.dt must be > 0, got {dt}")
     return _landing(t_final, dt)
@@ -343,13 +365,13 @@ def _implicit_safety(safety):
     return IMPLICIT_SAFETY if safety is None else safety
 
 
-def _accuracy_step(op, p0=None, t_final=None, safety=None):
+def _accuracy_step(op, start=None, t_final=None, safety=None):
     """Longest implicit step that accuracy allows (time): ACCURACY radians of the fastest
     rotation max|Im λ| and RELAXATION e-folds of the fastest mode max|λ| per step (λ the
     eigenvalues of A; strong friction makes max|λ| ≈ (1−β)/m large, rotation-free), at most
-    MAX_IMPLICIT_COURANT cells of advection per step; with
-    the initial density p0, halved until ROS2's error on the moments at t_final, stepping
-    ``safety`` (default IMPLICIT_SAFETY) times it, is at most TIME_TOL
+    MAX_IMPLICIT_COURANT cells of advection per step; with the initial density's moments
+    ``start`` (:func:`_moment_start`), halved until ROS2's error on the moments at t_final,
+    stepping ``safety`` (default IMPLICIT_SAFETY) times it, is at most TIME_TOL
     (:mod:`fpsolver.time_error`: a Gaussian started far from equilibrium, or stopped within
     its fastest relaxation, needs shorter steps than the eigenvalues say)."""
     lam = np.linalg.eigvals(op.drift)
@@ -357,10 +379,8 @@ def _accuracy_step(op, p0=None, t_final=None, safety=None):
     step = min(ACCURACY / rot if rot > 0 else math.inf,
                RELAXATION / float(np.max(np.abs(lam))),
                MAX_IMPLICIT_COURANT / op.max_advection_rate())
-    if p0 is None:
-        return step
     scale = _implicit_safety(safety)
-    return _halved_until_accurate(op, p0, t_final, scale * step,
+    return _halved_until_accurate(op, start, t_final, scale * step,
                                   lambda g, dt: ros2_step_matrix(g, dt, ROS2_GAMMA)) / scale
 
 
@@ -377,23 +397,22 @@ def choose_scheme(op, scheme, p0=None, t_final=None, safety=None):
     the run from p0 to t_final when given)."""
     if scheme != "auto":
         return scheme
-    return _auto_scheme(op, _accuracy_step(op, p0, t_final, safety))
+    return _auto_scheme(op, _accuracy_step(op, _moment_start(op, p0), t_final, safety))
 
 
 def plan_steps(op, p0, t_final, scheme="auto", dt=None, safety=None):
     """(scheme, dt, n_steps) of a run from p0 to t_final: "auto" resolved as
-    :func:`choose_scheme` does, the accuracy step (moment check included) computed once
-    for both the choice and the implicit step."""
+    :func:`choose_scheme` does, the moments of p0 and the accuracy step (moment check
+    included) computed once for the choice and the step."""
+    start = _moment_start(op, p0) if scheme == "auto" or dt is None else None
     if scheme == "auto":
         _check_t_final(t_final)
-        step = _accuracy_step(op, p0, t_final, safety)
+        step = _accuracy_step(op, start, t_final, safety)
         scheme = _auto_scheme(op, step)
         if scheme == "implicit" and dt is None:
             dt = _implicit_safety(safety) * step
-    if scheme == "implicit":
-        plan = (scheme, *implicit_step_size(op, t_final, dt, safety, p0))
-    else:
-        plan = (scheme, *step_size(op, t_final, dt, safety, p0))
+    steps = _implicit_steps if scheme == "implicit" else _explicit_steps
+    plan = (scheme, *steps(op, t_final, dt, safety, start))
     if plan[2] > MAX_STEPS:
         fix = ("a longer run.dt" if dt is not None else
                "a shorter run.t_final or fewer cells" + ("" if plan[0] == "implicit" else

@@ -22,6 +22,8 @@ Gaussian crossing 1.5 cells per standard deviation.
 import numpy as np
 import scipy.linalg as sla
 
+from .fv import kernels
+
 
 def moment_generator(drift, diffusion):
     """G ((n + n² + 1) square) with y' = Gy for y = (m, vec S, mass), n = 2d: the moment
@@ -49,7 +51,6 @@ def ros2_step_matrix(g, dt, gamma):
 def ssp_step_matrix(g, dt):
     """One step of the solver's SSP-RK(n², 3) (:mod:`fpsolver.fv.kernels`' stage table:
     n² forward-Euler stages of Δt/(n² − n), one blended with an earlier stage) on y' = Gy."""
-    from .fv import kernels
     h = dt / kernels.SSP_COEFFICIENT
     eye = np.eye(g.shape[0])
     bufs = [eye, None, None, None]  # p, s1, s2, out, as in the kernel

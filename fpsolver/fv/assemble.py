@@ -205,11 +205,12 @@ def _band_layout(shape, cross_pairs, lumped):
 
 def lumps(op):
     """Whether :func:`pinned_jacobian_lu` with ``lumped`` factorises the lumped Jacobian:
-    2-D grids whose lumped band is within BAND_MAX_WORK."""
+    2-D grids whose lumped band (kl = ku = n_θ, :func:`_band_layout`) is within
+    BAND_MAX_WORK."""
     if op.grid.ndim != 2:
         return False
-    kl, ku = _band_layout(tuple(op.shape), _cross_pairs(op), True)[:2]
-    return op.size * kl * (kl + ku) <= BAND_MAX_WORK
+    n_theta = op.shape[0]
+    return op.size * n_theta * 2 * n_theta <= BAND_MAX_WORK
 
 
 def pinned_jacobian_lu(op, p, r, lumped=False):
