@@ -256,10 +256,11 @@ def _check_t_final(t_final):
 
 # run.safety by default: the explicit step is the positivity bound itself (SSP_COEFFICIENT
 # forward-Euler stages within 1/rate_max, a strict bound: face values stay below 2p), with
-# its time error checked (:func:`step_size`); at the bound it is negligible: the validation
-# transients (2 periods, 64²-256²) changed L1 by ≤ 0.6 % between 0.8 and 1 of it, the
-# benchmark transient (44²) by 1e-7 relative between 0.4 and 1, for 19 % fewer steps. The
-# implicit step is an accuracy estimate: 0.8 of it (overdamped case at 256²: L1 +2.3 % at 1)
+# its time error checked (:func:`step_size`); at the bound it is negligible: the explicit
+# validation transients (one period, 64²-256²) changed L1 by ≤ 0.6 % between 0.8 and 1 of
+# it, the benchmark transient (44²) by 1e-7 relative between 0.4 and 1, for 19 % fewer
+# steps. The implicit step is an accuracy estimate: 0.8 of it (overdamped case at 256²:
+# L1 +2.3 % at 1)
 EXPLICIT_SAFETY = 1.0
 IMPLICIT_SAFETY = 0.8
 
