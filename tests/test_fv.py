@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from fpsolver.case import default_case
 from fpsolver.fv import (FPOperator, assemble, jacobian_matrix, kernels, pinned,
                          pinned_jacobian_lu, reference, sparse_lu)
-from fpsolver.fv.assemble import BandLu
+from fpsolver.fv.band import VERIFY_TOL, LapackBandLu, NoPivotBandLu, band_lu
 from fpsolver.fv.policy import num_threads
 from fpsolver.grid import uniform_grid
 from fpsolver.solve import setup_problem
@@ -225,25 +225,47 @@ def test_probed_matrix_is_the_kernel_jacobian(make, rng):
 
 
 def test_banded_lu_solves_the_pinned_jacobian_like_superlu(rng):
-    """The stationary solve's banded LAPACK LU, assembled straight into band storage (12×10
-    grid: kl = ku = 20, well inside BAND_MAX_WORK), against SuperLU on the pinned CSC
-    Jacobian: both backward stable with pivoting, so residuals of round-off times the
-    matrix's growth (measured 1e-15 of |b|) and solutions equal to round-off times its
-    condition; an exactly singular matrix is refused as SuperLU refuses it."""
+    """The stationary solve's band LU, assembled straight into band storage (12×10 grid:
+    kl = ku = 20, well inside BAND_MAX_WORK), against SuperLU on the pinned CSC Jacobian:
+    the LU without pivoting passes its own check (measured 1e-15-6e-14 against
+    VERIFY_TOL = 1e-10), leaves residuals of round-off times the element growth (measured
+    1e-15 of |b|) and solutions equal to round-off times the condition."""
     op = _operator_2d()
     p = rng.random(op.size)
     r = int(np.argmax(p))
     m = pinned(jacobian_matrix(op, p), r)
     band = pinned_jacobian_lu(op, p, r)
-    assert isinstance(band, BandLu) and (band.kl, band.ku) == (20, 20)
+    assert isinstance(band, NoPivotBandLu) and (band.kl, band.ku) == (20, 20)
+    assert band.error <= VERIFY_TOL
     b = rng.random(op.size)
     x = band.solve(b)
     assert np.abs(m @ x - b).max() <= 1e-10 * np.abs(b).max()
     np.testing.assert_allclose(x, sparse_lu(m).solve(b), rtol=0, atol=1e-9 * np.abs(x).max())
-    singular = np.zeros((4, 3), order="F")  # diag(1, 0, 2), kl = ku = 1
-    singular[2] = [1.0, 0.0, 2.0]
+
+
+def _band_storage(a, kl, ku):
+    """The dense matrix a in LAPACK's band storage with kl rows for the fill (Fortran)."""
+    n = a.shape[0]
+    band = np.zeros((2 * kl + ku + 1, n), order="F")
+    for i, j in zip(*np.nonzero(a)):
+        band[kl + ku + i - j, j] = a[i, j]
+    return band
+
+
+@pytest.mark.parametrize("first", [0.0, 1e-18])
+def test_band_lu_pivots_where_elimination_without_pivoting_fails(first, rng):
+    """A zero first pivot stops the elimination without pivoting; a pivot of 1e-18 makes
+    it lose every digit (U₂₂ = 1 − 1e18), which its check sees: both fall back to LAPACK's
+    pivoted LU and solve to round-off. An exactly singular matrix is refused there, as
+    SuperLU refuses it."""
+    a = np.array([[first, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
+    assert not NoPivotBandLu(_band_storage(a, 1, 1), 1, 1).verified
+    lu = band_lu(lambda: _band_storage(a, 1, 1), 1, 1)
+    assert isinstance(lu, LapackBandLu)
+    b = rng.random(3)
+    np.testing.assert_allclose(lu.solve(b), np.linalg.solve(a, b), rtol=1e-14, atol=0)
     with pytest.raises(RuntimeError, match="singular"):
-        BandLu(singular, 1, 1)
+        band_lu(lambda: _band_storage(np.diag([1.0, 0.0, 2.0]), 1, 1), 1, 1)
 
 
 def _lumped(j, shape):

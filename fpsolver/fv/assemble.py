@@ -12,12 +12,12 @@ import functools
 import itertools
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
 from . import kernels
-from .policy import single_threaded_blas, threads_for
+from .band import band_lu
+from .policy import threads_for
 
 
 def _offsets(ndim, cross_pairs):
@@ -148,8 +148,9 @@ def marginal_matrix(apply, basis, position_shape):
     return out
 
 
-# LAPACK's banded LU (gbtrf, partial pivoting) for :func:`pinned_jacobian_lu` where its
-# work N·kl·(kl + ku) is at most this. One BLAS thread, pinned stationary Jacobian (kl = ku =
+# The band LU (:func:`~fpsolver.fv.band.band_lu`) for :func:`pinned_jacobian_lu` where
+# LAPACK's pivoted work N·kl·(kl + ku) is at most this. Measured with LAPACK's gbtrf (the
+# LU without pivoting is faster): one BLAS thread, pinned stationary Jacobian (kl = ku =
 # 2n), factorisation with assembly and one solve, banded vs SuperLU: 32² 1.6 + 0.1 vs
 # 4.6 + 0.09 ms, 48² (4.2e7) 6.2 + 0.5 vs 11.6 + 0.25, 64² (1.3e8) 18 + 1.8 vs 22 + 0.5,
 # 96² 78 vs 70: the banded solves cost more, so callers that solve many times per
@@ -215,8 +216,8 @@ def lumps(op):
 
 def pinned_jacobian_lu(op, p, r, lumped=False):
     """LU (``solve(b)``) of the Jacobian at p (:func:`jacobian_matrix`) with row r replaced
-    by the unit row e_r (:func:`pinned`): LAPACK's banded LU (:class:`BandLu`), assembled
-    straight into band storage, where N·kl·(kl + ku) ≤ BAND_MAX_WORK, else SuperLU
+    by the unit row e_r (:func:`pinned`): a band LU (:func:`~fpsolver.fv.band.band_lu`),
+    assembled straight into band storage, where N·kl·(kl + ku) ≤ BAND_MAX_WORK, else SuperLU
     (:func:`sparse_lu`). ``lumped``: where :func:`lumps`, the band LU of the approximate
     Jacobian with the v±2 couplings lumped (:func:`_band_layout`) for chord steps, banded
     up to 70² (exact: 48²)."""
@@ -227,43 +228,16 @@ def pinned_jacobian_lu(op, p, r, lumped=False):
     if n * kl * (kl + ku) > BAND_MAX_WORK:
         return sparse_lu(pinned(jacobian_matrix(op, p), r))
     probes = _probes(op, p, False)[0].ravel()
-    band = np.zeros((n, 2 * kl + ku + 1))  # its transpose: band storage, column-major
-    flat = band.ravel()
-    flat[slots] = probes[sources]
-    flat[added_slots] += probes[added_sources]  # each on a distinct slot
     r = r if position is None else position[r]
     cols = np.arange(max(0, r - kl), min(n, r + ku + 1))
-    band[cols, r - cols + kl + ku] = 0.0  # row r ...
-    band[r, kl + ku] = 1.0  # ... becomes e_r
-    return BandLu(band.T, kl, ku, order)
 
+    def assemble():
+        band = np.zeros((n, 2 * kl + ku + 1))  # its transpose: band storage, column-major
+        flat = band.ravel()
+        flat[slots] = probes[sources]
+        flat[added_slots] += probes[added_sources]  # each on a distinct slot
+        band[cols, r - cols + kl + ku] = 0.0  # row r ...
+        band[r, kl + ku] = 1.0  # ... becomes e_r
+        return band.T
 
-class BandLu:
-    """LU with partial pivoting of a band matrix by LAPACK's gbtrf; ``solve(b)`` (b (N,)) by
-    gbtrs. ``band`` ((2kl + ku + 1, N), Fortran order; overwritten): the matrix in LAPACK's
-    band storage, A[i, j] at band[kl + ku + i − j, j], with kl rows left for the fill;
-    ``order`` (N,): the unknown of each band row and column (None: the identity). An
-    exactly singular matrix raises RuntimeError, as SuperLU does. The factorisation runs on
-    one BLAS thread (:func:`~fpsolver.fv.policy.single_threaded_blas`); the solves, level-2
-    BLAS, without the limit, which took 50-80 µs of a 100-400 µs solve (32²-48²)."""
-
-    def __init__(self, band, kl, ku, order=None):
-        gbtrf, self._gbtrs = sla.get_lapack_funcs(("gbtrf", "gbtrs"), (band,))
-        with single_threaded_blas():
-            self.lu, self.piv, info = gbtrf(band, kl, ku, overwrite_ab=True)
-        if info > 0:
-            raise RuntimeError(f"Factor is exactly singular (pivot {info - 1} is 0)")
-        self.kl, self.ku, self.order = kl, ku, order
-
-    def solve(self, b):
-        """x with A x = b (b (N,), not changed)."""
-        if self.order is None:
-            x, info = self._gbtrs(self.lu, self.kl, self.ku, b, self.piv)
-        else:
-            y, info = self._gbtrs(self.lu, self.kl, self.ku, b[self.order], self.piv,
-                                  overwrite_b=True)
-            x = np.empty_like(y)
-            x[self.order] = y
-        if info != 0:
-            raise RuntimeError(f"LAPACK gbtrs failed (info {info})")
-        return x
+    return band_lu(assemble, kl, ku, order)
