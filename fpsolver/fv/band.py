@@ -100,6 +100,15 @@ def _solve(ab, kl, ku, inv_pivot, order, b, x):
 
 
 @functools.lru_cache(maxsize=8)
+def _identity(n):
+    """The order 0, 1, …, N − 1, read-only like the band layouts' orders (one compiled
+    variant of :func:`_solve`)."""
+    order = np.arange(n)
+    order.setflags(write=False)
+    return order
+
+
+@functools.lru_cache(maxsize=8)
 def _test_vector(n):
     """The known answer x₀ (N,) of :class:`NoPivotBandLu`'s check: entries in [1, 2), no
     pattern that the matrix's structure could hide an error in. Read-only."""
@@ -117,7 +126,7 @@ class NoPivotBandLu:
         ab = band.T  # (N, ldab), C order: column j of A contiguous
         n = ab.shape[0]
         self.kl, self.ku, self._ab = kl, ku, ab
-        self.order = np.arange(n) if order is None else order
+        self.order = _identity(n) if order is None else order
         x0 = _test_vector(n)
         b0 = np.empty(n)
         _band_matvec(ab, kl, ku, x0, b0)
@@ -125,7 +134,7 @@ class NoPivotBandLu:
         self.error = np.inf
         if _factor(ab, kl, ku, self._inv_pivot) < 0:
             x = np.empty(n)
-            _solve(ab, kl, ku, self._inv_pivot, np.arange(n), b0, x)
+            _solve(ab, kl, ku, self._inv_pivot, _identity(n), b0, x)
             self.error = float(np.abs(x - x0).max() / np.abs(x0).max())
         self.verified = self.error <= VERIFY_TOL
 
