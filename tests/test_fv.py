@@ -62,6 +62,12 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     np.testing.assert_array_equal(other, flux)
 
 
+def _step_stats(op, tasks, steps=1):
+    """The (steps, blocks, 3) statistics array of an SSP kernel call with ``tasks``."""
+    n_rows = op.size // op.shape[-1]
+    return np.empty((steps, -(-n_rows // kernels._rows_per_task(n_rows, tasks)), 3))
+
+
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
 def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     """The n² SSP-RK(n², 3) stages in one kernel call equal its numpy twin stage by stage
@@ -72,10 +78,12 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     h = 0.3 / op.max_rate()
     twin = reference.ssp_rk3_step(p, h, *op.kernel_args(), flush=op.flush)
     s1, s2, out = (np.empty(op.size) for _ in range(3))
-    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out,
+                           _step_stats(op, 2))
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
     streamed = np.empty(op.size)
-    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, op.flush, s1, s2, streamed)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), True, 5, op.flush, s1, s2, streamed,
+                           _step_stats(op, 5))
     np.testing.assert_array_equal(streamed, out)
     # three tasks on one thread run one after the other: the first takes every block of
     # every stage (a task waits only for blocks that a running task has taken); run in a
@@ -83,7 +91,7 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     def one_thread():
         with num_threads(1):
             kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 3, op.flush, s1, s2,
-                                   streamed)
+                                   streamed, _step_stats(op, 3))
     streamed[:] = np.nan
     worker = threading.Thread(target=one_thread, daemon=True)
     worker.start()
@@ -92,6 +100,29 @@ def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     np.testing.assert_array_equal(streamed, out)
     dt = h * kernels.SSP_COEFFICIENT
     np.testing.assert_array_equal(op.ssp_rk3_step(p, dt, s1, s2, np.empty(op.size)), out)
+
+
+@pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
+def test_several_ssp_steps_in_one_call_equal_single_steps(make, rng):
+    """Three and four SSP-RK(25,3) steps in one kernel call (alternating between out and p)
+    equal as many one-step calls bit for bit, and report each step's sum, minimum and
+    maximum (the sum in chunks: round-off, measured ≤ 2e-16 relative)."""
+    op = make()
+    p0 = rng.random(op.size)
+    dt = 0.9 * kernels.SSP_COEFFICIENT / op.max_rate()
+    s1, s2 = np.empty(op.size), np.empty(op.size)
+    singles, p = [], p0.copy()
+    for _ in range(4):
+        p = op.ssp_rk3_step(p, dt, s1, s2, np.empty(op.size)).copy()
+        singles.append(p)
+    for steps in (3, 4):
+        p, out = p0.copy(), np.empty(op.size)
+        result, stats = op.ssp_rk3_steps(p, dt, steps, s1, s2, out)
+        assert result is (out if steps % 2 else p)
+        np.testing.assert_array_equal(result, singles[steps - 1])
+        want = np.array([[q.sum(), q.min(), q.max()] for q in singles[:steps]])
+        np.testing.assert_allclose(stats[:, 0], want[:, 0], rtol=1e-14)
+        np.testing.assert_array_equal(stats[:, 1:], want[:, 1:])
 
 
 def test_explicit_step_flushes_subnormal_tails_and_keeps_nan(rng):
@@ -113,14 +144,16 @@ def test_explicit_step_flushes_subnormal_tails_and_keeps_nan(rng):
     far = np.arange(op.size) >= 51 * 10  # rows the mass cannot reach in one step
     assert np.all((unflushed[far] != 0.0) & (np.abs(unflushed[far]) < op.flush))
     s1, s2, out = (np.empty(op.size) for _ in range(3))
-    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out,
+                           _step_stats(op, 2))
     np.testing.assert_allclose(out, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
     assert np.all(out[far] == 0.0) and np.abs(out[out != 0.0]).min() >= op.flush
     assert op.flush > np.finfo(float).tiny
     assert abs(out.sum() * vol - 1.0) < 1e-14
     p[7] = np.nan
-    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out)
-    assert np.isnan(out).any()
+    stats = _step_stats(op, 2)
+    kernels.ssp_rk3_kernel(p, h, *op.kernel_args(), False, 2, op.flush, s1, s2, out, stats)
+    assert np.isnan(out).any() and np.isnan(stats[0, :, 0]).any()
 
 
 def _ssp_amplification(z):

@@ -517,11 +517,17 @@ SSP_BLEND = SSP_N / (2.0 * SSP_N - 1.0)
 
 @kernel
 def ssp_rk3_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_h, stream,
-                   tasks, flush, s1, s2, out):
-    """One SSP-RK(n², 3) step p → out (flat, N; s1, s2 scratch, none of them p): n²
-    forward-Euler stages o = a·s1 + b·(w + h·L(w)), each one pass over the rows, in one
-    call (one call per stage from Python spent more time in dispatch than in the stages on
-    grids up to ~100²). ``stream``, ``tasks``: as :func:`rate_kernel`. The tasks stay alive
+                   tasks, flush, s1, s2, out, stats):
+    """``steps`` = stats.shape[0] SSP-RK(n², 3) steps from p (flat, N; s1, s2 scratch,
+    none of them p): n² forward-Euler stages o = a·s1 + b·(w + h·L(w)) per step, each one
+    pass over the rows, in one call (one call per stage from Python spent more time in
+    dispatch than in the stages on grids up to ~100²; one call per step, with its tracker
+    bookkeeping, 10 % of the benchmark transient at 44²). Step i reads p and writes out
+    for even i, reads out and writes p for odd i: the result is in out for an odd number
+    of steps, in p for an even one (p unchanged by one step). stats (steps, blocks, 3):
+    per step and block of rows (:func:`_rows_per_task` with ``tasks``), the sum, minimum
+    and maximum of the step's result (:func:`_block_stats`). ``stream``, ``tasks``: as
+    :func:`rate_kernel`. The tasks stay alive
     across the stages: one per block of rows, each takes its own block first (its rows are
     in its core's cache) and any block not yet taken, and waits for the previous stage's
     last block on an atomic counter (:mod:`fpsolver.fv.sync`) instead of a fork-join of
@@ -536,16 +542,19 @@ def ssp_rk3_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_
     n_rows = p.size // nl
     per = _rows_per_task(n_rows, tasks)
     blocks = (n_rows + per - 1) // per
-    bufs = (p, s1, s2, out)
-    taken = np.zeros(SSP_STAGES * blocks, dtype=np.int64)  # per stage and block: claimed
-    done = np.zeros(SSP_STAGES, dtype=np.int64)  # per stage: blocks finished
+    even, odd = (p, s1, s2, out), (out, s1, s2, p)
+    stages = stats.shape[0] * SSP_STAGES
+    taken = np.zeros(stages * blocks, dtype=np.int64)  # per stage and block: claimed
+    done = np.zeros(stages, dtype=np.int64)  # per stage: blocks finished
     for worker in prange(blocks):
         scratch = _task_scratch(shape, strides)
-        for stage in range(SSP_STAGES):
-            a = SSP_BLEND if stage == SSP_BLEND_STAGE else 0.0
+        for stage in range(stages):
+            step, in_step = stage // SSP_STAGES, stage % SSP_STAGES
+            a = SSP_BLEND if in_step == SSP_BLEND_STAGE else 0.0
             b = 1.0 - a
-            w = bufs[SSP_READS[stage]]
-            o = bufs[SSP_WRITES[stage]]
+            bufs = even if step % 2 == 0 else odd
+            w = bufs[SSP_READS[in_step]]
+            o = bufs[SSP_WRITES[in_step]]
             for j in range(blocks):  # its own block first (its rows are in its cache)
                 block = (worker + j) % blocks
                 if atomic_add(taken, stage * blocks + block, 1) > 0:
@@ -554,7 +563,35 @@ def ssp_rk3_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_
                     wait_for(done, stage - 1, blocks)
                 _task_rows(block, per, w, w, SCHEME, a, s1, b, b * h, shape, strides, vel0,
                            velg, dif, cross, cross_lim, inv_h, stream, flush, scratch, o)
+                if in_step == SSP_STAGES - 1:
+                    lo = block * per * nl
+                    total, low, high = _block_stats(o, lo, min(p.size, lo + per * nl))
+                    stats[step, block, 0] = total
+                    stats[step, block, 1] = low
+                    stats[step, block, 2] = high
                 atomic_add(done, stage, 1)
+
+
+# cells summed in order before their sum joins the block's (:func:`_block_stats`)
+STATS_CHUNK = 256
+
+
+@helper
+def _block_stats(o, lo, hi):
+    """(sum, min, max) of o[lo:hi]: the sum in chunks of STATS_CHUNK cells (rounding error
+    of order (STATS_CHUNK + n/STATS_CHUNK)·ε instead of n·ε); NaN or inf make the sum
+    non-finite."""
+    total = 0.0
+    low, high = np.inf, -np.inf
+    for c in range(lo, hi, STATS_CHUNK):
+        part = 0.0
+        for j in range(np.uint64(c), np.uint64(min(hi, c + STATS_CHUNK))):
+            v = o[j]
+            part += v
+            low = min(low, v)
+            high = max(high, v)
+        total += part
+    return total, low, high
 
 
 @helper

@@ -163,18 +163,35 @@ class FPOperator:
         return self._rate_kernel(p, p, kernels.SCHEME, out)
 
     def ssp_rk3_step(self, p, dt, s1, s2, out):
-        """out = one SSP-RK(n², 3) step of length dt from p (Ketcheson 2008, low-storage,
-        n = kernels.SSP_N): n² forward-Euler stages of dt/(n² − n), one of them a convex
-        combination with an earlier stage, so positive up to dt = (n² − n)/rate_max. Flat
-        arrays; ``s1`` and ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷
-        cells). The stages run in one kernel call (:func:`kernels.ssp_rk3_kernel`, which
-        holds the stage table). Values below ``self.flush`` become 0 (mass change
-        ≤ FLUSH_RELATIVE, 1e-250)."""
-        with threads_for(self.size, passes=kernels.SSP_STAGES) as tasks:
-            kernels.ssp_rk3_kernel(self.flat(p), dt / kernels.SSP_COEFFICIENT,
+        """out = one SSP-RK(n², 3) step of length dt from p (:meth:`ssp_rk3_steps`; p
+        unchanged)."""
+        return self.ssp_rk3_steps(p, dt, 1, s1, s2, out)[0]
+
+    def ssp_rk3_steps(self, p, dt, steps, s1, s2, out):
+        """``steps`` SSP-RK(n², 3) steps of length dt from p (Ketcheson 2008, low-storage,
+        n = kernels.SSP_N): n² forward-Euler stages of dt/(n² − n) each, one of them a
+        convex combination with an earlier stage, so positive up to dt = (n² − n)/rate_max.
+        Flat arrays; ``s1`` and ``s2`` are scratch arrays of p's size (4-D grids hold 10⁷
+        cells). All stages run in one kernel call (:func:`kernels.ssp_rk3_kernel`, which
+        holds the stage table); the steps alternate between out and p, so p is
+        overwritten when ``steps`` ≥ 2. Values below ``self.flush`` become 0 (mass change
+        ≤ FLUSH_RELATIVE, 1e-250). Returns (the result: out after an odd number of steps,
+        p after an even one; (steps, 3): the sum, minimum and maximum of the density
+        after each step)."""
+        flat = self.flat(p)
+        if steps > 1 and not np.may_share_memory(flat, p):
+            raise ValueError("p must be a contiguous float array of N cells: the steps "
+                             "write into it")
+        n_rows = self.size // self.shape[-1]
+        with threads_for(self.size, passes=kernels.SSP_STAGES * steps) as tasks:
+            blocks = -(-n_rows // kernels._rows_per_task(n_rows, tasks))
+            stats = np.empty((steps, blocks, 3))
+            kernels.ssp_rk3_kernel(flat, dt / kernels.SSP_COEFFICIENT,
                                    *self.kernel_args(), self.stream, tasks, self.flush, s1,
-                                   s2, out)
-        return out
+                                   s2, out, stats)
+        per_step = np.column_stack([stats[:, :, 0].sum(axis=1), stats[:, :, 1].min(axis=1),
+                                    stats[:, :, 2].max(axis=1)])
+        return (out if steps % 2 else p), per_step
 
     def jacobian_apply(self, p, w, out=None):
         """Jacobian of ``rate`` at p applied to w (linear in w); Jac(p)·p = rate(p)."""
