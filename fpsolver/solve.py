@@ -125,6 +125,12 @@ class State:
     dt: float
     op: FPOperator
 
+    def advance(self, p, steps):
+        """The run moved ``steps`` steps on to density p."""
+        self.p = p
+        self.step += steps
+        self.t = self.step * self.dt
+
 
 class Tracker:
     """Called every ``interval`` steps; ``handle`` returns a stop status or None."""
@@ -644,21 +650,20 @@ def evolve(op, p0, t_final, dt=None, safety=None, trackers=(), checkpoint=None, 
     most = max(1, MULTI_STEP_CELL_STAGES // (op.size * SSP_STAGES))
     try:
         while state.step < n_steps:
-            with _interrupts_deferred():
-                if ros2 is None:
-                    steps = min([n_steps - state.step, most] +
-                                [tr.interval - state.step % tr.interval for tr in scheduled])
+            if ros2 is None:
+                steps = min([n_steps - state.step, most] +
+                            [tr.interval - state.step % tr.interval for tr in scheduled])
+                with _interrupts_deferred():  # the steps overwrite p: bookkeeping with them
                     result, stats = op.ssp_rk3_steps(state.p, dt, steps, k, stage, out)
                     if result is out:
-                        state.p, out = out, state.p
-                else:
-                    steps, stats = 1, None
-                    ros2(state.p, out)
-                    state.p, out = out, state.p
-                state.step += steps
-                state.t = state.step * dt
-            if stats is not None:
+                        out = state.p
+                    state.advance(result, steps)
                 cons.record(state.step - steps, dt, stats)
+            else:
+                ros2(state.p, out)  # p unchanged: Ctrl-C in a (long, 4-D) step loses it only
+                with _interrupts_deferred():
+                    p_next, out = out, state.p
+                    state.advance(p_next, 1)
             stop = None
             for tr in scheduled:
                 if state.step % tr.interval == 0 or state.step == n_steps:
