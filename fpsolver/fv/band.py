@@ -123,7 +123,8 @@ class NoPivotBandLu:
     pivot was zero or not finite)."""
 
     def __init__(self, band, kl, ku, order=None):
-        ab = band.T  # (N, ldab), C order: column j of A contiguous
+        ab = np.ascontiguousarray(band.T)  # (N, ldab): column j of A contiguous (no copy
+        # for the Fortran-order band the module expects)
         n = ab.shape[0]
         self.kl, self.ku, self._ab = kl, ku, ab
         self.order = _identity(n) if order is None else order
