@@ -5,9 +5,9 @@ homogeneous of degree one, so a Newton step is "solve Jac(p_k) x = 0, normalise"
 starts from the continuous equation's stationary Gaussian (:func:`gaussian_start`).
 2-D grids: LU of the probed Jacobian (up to 70² a band LU, :mod:`fpsolver.fv.band`, of
 the Jacobian with its v±2 couplings lumped, exact from the first fresh LU whose step does
-not contract; beyond, SuperLU of the exact one), reused for chord steps while they contract the residual at
-least 2-fold (a chord step that does not is redone as a Newton step), every step
-backtracked (:func:`_line_search`; resolved grids: 1 LU).
+not contract; beyond, SuperLU of the exact one), reused for chord steps while they
+contract the residual at least 2-fold (a chord step that does not is redone as a Newton
+step), every step backtracked (:func:`_line_search`; resolved grids: 1 LU).
 4-D grids: inexact Newton, GMRES(10) on the matrix-free Jacobian (relative tolerance
 1e-3) preconditioned by the approximate factorisation Π_k (I − τT_k)⁻¹ of the
 first-order operator (one tridiagonal line solve per axis), with a coarse correction on

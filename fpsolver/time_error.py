@@ -49,17 +49,10 @@ def ros2_step_matrix(g, dt, gamma):
 
 
 def ssp_step_matrix(g, dt):
-    """One step of the solver's SSP-RK(n², 3) (:mod:`fpsolver.fv.kernels`' stage table:
-    n² forward-Euler stages of Δt/(n² − n), one blended with an earlier stage) on y' = Gy."""
-    h = dt / kernels.SSP_COEFFICIENT
-    eye = np.eye(g.shape[0])
-    bufs = [eye, None, None, None]  # p, s1, s2, out, as in the kernel
-    for stage in range(kernels.SSP_STAGES):
-        w = bufs[kernels.SSP_READS[stage]]
-        a = kernels.SSP_BLEND if stage == kernels.SSP_BLEND_STAGE else 0.0
-        euler = w + h * (g @ w)
-        bufs[kernels.SSP_WRITES[stage]] = (1.0 - a) * euler + (a * bufs[1] if a else 0.0)
-    return bufs[3]
+    """One step of the solver's SSP-RK(n², 3) (:func:`fpsolver.fv.kernels.ssp_stages`: n²
+    forward-Euler stages of Δt/(n² − n), one blended with an earlier stage) on y' = Gy."""
+    return kernels.ssp_stages(np.eye(g.shape[0]), dt / kernels.SSP_COEFFICIENT,
+                              lambda w: g @ w)
 
 
 def _moments_vector(mean0, cov0, z_mu):

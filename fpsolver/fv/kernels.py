@@ -572,6 +572,27 @@ def ssp_rk3_kernel(p, h, shape, strides, vel0, velg, dif, cross, cross_lim, inv_
                 atomic_add(done, stage, 1)
 
 
+def ssp_stats_array(n_cells, row_length, tasks, steps=1):
+    """An array for :func:`ssp_rk3_kernel`'s ``stats`` over ``steps`` steps with ``tasks``
+    tasks: (steps, blocks of rows, 3)."""
+    n_rows = n_cells // row_length
+    return np.empty((steps, -(-n_rows // _rows_per_task(n_rows, tasks)), 3))
+
+
+def ssp_stages(y, h, rate, store=None):
+    """One SSP-RK(n², 3) step from y in numpy, through the same stage table as
+    :func:`ssp_rk3_kernel` (its twin, and the step on the moment dynamics): stages of
+    length h, ``rate(w)`` the right-hand side, ``store(x)`` what a stage keeps of its value
+    x (default: x)."""
+    bufs = [y, None, None, None]  # p, s1, s2, out
+    for stage, (src, dst) in enumerate(zip(SSP_READS, SSP_WRITES)):
+        a = SSP_BLEND if stage == SSP_BLEND_STAGE else 0.0
+        w = bufs[src]
+        x = (a * bufs[1] if a else 0.0) + (1.0 - a) * (w + h * rate(w))
+        bufs[dst] = x if store is None else store(x)
+    return bufs[SSP_WRITES[-1]]
+
+
 # cells summed in order before their sum joins the block's (:func:`_block_stats`)
 STATS_CHUNK = 256
 

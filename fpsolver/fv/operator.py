@@ -182,10 +182,8 @@ class FPOperator:
         if steps > 1 and not np.may_share_memory(flat, p):
             raise ValueError("p must be a contiguous float array of N cells: the steps "
                              "write into it")
-        n_rows = self.size // self.shape[-1]
         with threads_for(self.size, passes=kernels.SSP_STAGES * steps) as tasks:
-            blocks = -(-n_rows // kernels._rows_per_task(n_rows, tasks))
-            stats = np.empty((steps, blocks, 3))
+            stats = kernels.ssp_stats_array(self.size, self.shape[-1], tasks, steps)
             kernels.ssp_rk3_kernel(flat, dt / kernels.SSP_COEFFICIENT,
                                    *self.kernel_args(), self.stream, tasks, self.flush, s1,
                                    s2, out, stats)

@@ -167,15 +167,10 @@ def line_solve(alpha, beta, tau, shape, strides, axis, rhs):
 
 
 def ssp_rk3_step(p, h, *args, flush=0.0):
-    """Twin of ``ssp_rk3_kernel``: one SSP-RK(n², 3) step from p, stages of length h,
-    ``args`` the operator's (its buffer table, stage by stage), stage values of magnitude
-    below ``flush`` set to 0."""
-    from .kernels import SSP_BLEND, SSP_BLEND_STAGE, SSP_READS, SSP_WRITES
+    """Twin of ``ssp_rk3_kernel``: one SSP-RK(n², 3) step from p, stages of length h
+    (:func:`~fpsolver.fv.kernels.ssp_stages`), ``args`` the operator's, stage values of
+    magnitude below ``flush`` set to 0."""
+    from .kernels import ssp_stages
 
-    bufs = [np.asarray(p, dtype=float), None, None, None]
-    for stage, (src, dst) in enumerate(zip(SSP_READS, SSP_WRITES)):
-        a = SSP_BLEND if stage == SSP_BLEND_STAGE else 0.0
-        w = bufs[src]
-        x = (a * bufs[1] if a else 0.0) + (1.0 - a) * (w + h * rate(w, w, SCHEME, *args))
-        bufs[dst] = np.where(np.abs(x) < flush, 0.0, x)
-    return bufs[SSP_WRITES[-1]]
+    return ssp_stages(np.asarray(p, dtype=float), h, lambda w: rate(w, w, SCHEME, *args),
+                      lambda x: np.where(np.abs(x) < flush, 0.0, x))
