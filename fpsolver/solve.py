@@ -238,21 +238,42 @@ class StorageTracker(Tracker):
 
 class CheckpointTracker(Tracker):
     """Writes ``path`` (npz: p, t, step, n_steps, dt, key) atomically every ``every_s``
-    seconds of wall time and when the run is interrupted; ``key`` identifies the problem."""
+    seconds of wall time and when the run is interrupted; ``key`` identifies the problem.
 
-    def __init__(self, path, key, every_s=30.0, interval=1):
-        super().__init__(interval)
+    ``interval``: steps between its checks of the clock; None (default) sets it at every
+    check to the steps the run makes in about every_s/CHECKS_PER_PERIOD seconds at its pace
+    so far, so that a checkpoint is late by at most about that, while explicit runs still
+    advance many steps per kernel call (checked every step, the command's runs made one
+    call per step: default case from (1, 0) to t = 5 with the command's trackers, 44² in
+    131 steps 14.8 → 11.5 ms, 64² 51.5 → 45.9 ms, 128² 217 → 205 ms)."""
+
+    CHECKS_PER_PERIOD = 10
+
+    def __init__(self, path, key, every_s=30.0, interval=None):
+        super().__init__(1 if interval is None else interval)
         self.path, self.key, self.every_s = Path(path), str(key), every_s
+        self.adaptive = interval is None
         self.last = time.monotonic()
+        self.checked = None  # (step, time) of the last check
 
     def write(self, state):
         atomic_savez(self.path, p=state.p.reshape(state.op.shape), t=state.t, step=state.step,
                      n_steps=state.n_steps, dt=state.dt, key=self.key)
         self.last = time.monotonic()
 
+    def start(self, state):
+        self.checked = (state.step, time.monotonic())
+
     def handle(self, state):
-        if time.monotonic() - self.last >= self.every_s:
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
             self.write(state)
+        if self.adaptive:
+            step0, t0 = self.checked
+            if state.step > step0 and now > t0:
+                pace = (state.step - step0) / (now - t0)  # steps per second
+                self.interval = max(1, int(pace * self.every_s / self.CHECKS_PER_PERIOD))
+            self.checked = (state.step, now)
 
 
 def load_checkpoint(path, key):

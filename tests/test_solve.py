@@ -311,6 +311,35 @@ def test_ctrl_c_during_a_multi_step_call_checkpoints_a_state_the_run_passed(tmp_
     np.testing.assert_array_equal(resumed.p, full.p)
 
 
+@pytest.mark.parametrize("every_s, calls_most", [(1e9, 2), (0.0, None)])
+def test_checkpoint_checks_the_clock_at_the_runs_pace(tmp_path, monkeypatch, every_s,
+                                                      calls_most):
+    """The default checkpoint schedule follows the run's pace: a checkpoint due every 1e9 s
+    lets the explicit steps after the first go in one kernel call (checked every step, the
+    command made one call per step); one due every 0 s is written after every step, the
+    last one included. The answer is the same bits either way."""
+    prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.5}), cells=24)
+    plain = evolve(prob.op, prob.p0, prob.t_final)
+    real, calls, written = FPOperator.ssp_rk3_steps, [], []
+
+    def counted(op, p, dt, steps, s1, s2, out):
+        calls.append(steps)
+        return real(op, p, dt, steps, s1, s2, out)
+
+    ck = CheckpointTracker(tmp_path / "ck.npz", key="k", every_s=every_s)
+    write = ck.write
+    monkeypatch.setattr(FPOperator, "ssp_rk3_steps", counted)
+    monkeypatch.setattr(ck, "write", lambda state: (written.append(state.step), write(state)))
+    res = evolve(prob.op, prob.p0, prob.t_final, checkpoint=ck)
+    np.testing.assert_array_equal(res.p, plain.p)
+    assert sum(calls) == res.n_steps >= 20
+    if calls_most is not None:
+        assert len(calls) <= calls_most and not written
+    else:
+        assert calls == [1] * res.n_steps and written == list(range(1, res.n_steps + 1))
+        assert load_checkpoint(tmp_path / "ck.npz", "k")[1] == res.n_steps
+
+
 def test_storage_tracker_keeps_snapshots_on_its_schedule():
     prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 0.2}), cells=16)
     store = StorageTracker(interval=10)
