@@ -62,6 +62,36 @@ def test_numba_kernels_agree_with_numpy_twins(make, jac, rng):
     np.testing.assert_array_equal(other, flux)
 
 
+def test_the_smooth_path_gives_the_fluxes_of_the_full_one(rng):
+    """Scheme runs of ≥ SMOOTH_MIN_RUN faces take the smooth path (no saturation) while
+    the previous chunk along the axis had no saturated face. Rows 0-5 of noise (saturating
+    every chunk) before a smooth density send the next clean rows' first chunks through
+    the full path, where the all-smooth density sends them through the smooth one: the
+    fluxes and rates of the clean rows (8 on: beyond the noise's stencil) are the same
+    bits, and they agree with the numpy twin. The smooth density (slopes ≤ 3 % of p)
+    saturates nowhere, so the all-smooth run takes the smooth path throughout."""
+    n_v = 2 * kernels.SMOOTH_MIN_RUN + 7  # a partial chunk at the end of each row
+    grid = uniform_grid((16, n_v), ((-0.5, 0.6), (-2.0, 2.2)))
+    op = FPOperator(grid, np.array([[0.0, -1.0], [20.6, 2.1]]), np.diag([0.0, 0.34]),
+                    np.array([0.05, 0.0]))
+    x, y = np.meshgrid(np.linspace(0, 3, 16), np.linspace(0, 5, n_v), indexing="ij")
+    smooth = 1.0 + 0.1 * np.sin(x) * np.cos(y)
+    assert np.abs(np.diff(smooth, axis=0)).max() < 0.03 and np.abs(np.diff(smooth)).max() < 0.03
+    noisy = smooth.copy()
+    noisy[:6] = rng.random((6, n_v))
+    fluxes, rates = [], []
+    for p in (smooth.ravel(), noisy.ravel()):
+        flux, rate = np.empty((2, op.size)), np.empty(op.size)
+        kernels.face_flux_kernel(p, p, kernels.SCHEME, *op.kernel_args(), 1, flux)
+        kernels.rate_kernel(p, p, kernels.SCHEME, *op.kernel_args(), False, 1, rate)
+        twin = reference.rate(p, p, kernels.SCHEME, *op.kernel_args())
+        np.testing.assert_allclose(rate, twin, rtol=0, atol=1e-13 * np.abs(twin).max())
+        fluxes.append(flux.reshape(2, 16, n_v))
+        rates.append(rate.reshape(16, n_v))
+    np.testing.assert_array_equal(fluxes[1][:, 8:], fluxes[0][:, 8:])
+    np.testing.assert_array_equal(rates[1][8:], rates[0][8:])
+
+
 @pytest.mark.parametrize("make", [_operator_2d, lambda: _operator_4d(0.8)])
 def test_ssp_rk3_kernel_agrees_with_its_twin(make, rng):
     """The n² SSP-RK(n², 3) stages in one kernel call equal its numpy twin stage by stage
