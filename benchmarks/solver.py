@@ -38,8 +38,10 @@ Sections (one JSON object, same machine and run):
 * ``stiff_2d``: plain SGD with η = 0.01 (strong friction): explicit vs implicit, and the
   scheme "auto" takes.
 * ``throughput``: cell updates/s of the explicit rate kernel on 1 and ``--threads``
-  threads, as a fraction of the memory-bandwidth bound: numpy copy bandwidth (128 MiB
-  array) / 16 bytes per cell update (p read, result written, float64; the kernel computes
+  threads, on a random density (every chunk of faces saturates: the kernel's slowest
+  case) and on the model's stationary Gaussian (``gaussian_*``: rows of 128+ cells take
+  the smooth path), as a fraction of the memory-bandwidth bound: numpy copy bandwidth
+  (128 MiB array) / 16 bytes per cell update (p read, result written, float64; the kernel computes
   face velocities from affine coefficients and reads no velocity array). Grids in cache
   (2-D 256², 4-D 32⁴) and beyond the last-level cache (2-D 2048², 4-D 64⁴: 34 and
   134 MB per array), where memory actually bounds the kernel; each records its array size
@@ -522,10 +524,12 @@ def _rate_repeated(reps, op, p, res, stream):
         kernels.rate_kernel(p, p, False, *op.kernel_args(), stream, tasks, res)
 
 
-def _kernel_rates(op, threads, repeats, bound, llc):
+def _kernel_rates(op, gaussian, threads, repeats, bound, llc):
     """Cell updates/s of the explicit rate kernel on ``op`` for each thread count, with the
     stores the operator uses (non-temporal beyond the cache) and, where those stream, also
-    with plain stores."""
+    with plain stores, on a random density (every chunk of faces saturates: the kernel's
+    slowest case) and on ``gaussian``, the model's stationary density on the grid (rows of
+    128+ cells then take the kernel's smooth path)."""
     import numba
     p = np.random.default_rng(1).random(op.size)
     res = np.empty_like(p)
@@ -536,33 +540,53 @@ def _kernel_rates(op, threads, repeats, bound, llc):
     for th in threads:  # the kernel directly: threads_for would override the count
         numba.set_num_threads(th)
         rates = {}
-        for stream in sorted({op.stream, False}, reverse=True):
-            _rate_repeated(1, op, p, res, stream)
-            t, _ = _best(repeats, _rate_repeated, reps, op, p, res, stream)
-            rates[stream] = reps * op.size / t
-        rate = rates[op.stream]
+        for density, stream in [("random", s) for s in sorted({op.stream, False},
+                                                              reverse=True)] + [
+                ("gaussian", op.stream)]:
+            q = p if density == "random" else gaussian
+            _rate_repeated(1, op, q, res, stream)
+            t, _ = _best(repeats, _rate_repeated, reps, op, q, res, stream)
+            rates[density, stream] = reps * op.size / t
+        rate, smooth = rates["random", op.stream], rates["gaussian", op.stream]
         entry["threads"][str(th)] = {"cell_updates_per_s": rate,
-                                     "fraction_of_bound": rate / bound}
+                                     "fraction_of_bound": rate / bound,
+                                     "gaussian_cell_updates_per_s": smooth,
+                                     "gaussian_fraction_of_bound": smooth / bound}
         if op.stream:
-            entry["threads"][str(th)]["plain_stores_cell_updates_per_s"] = rates[False]
+            entry["threads"][str(th)]["plain_stores_cell_updates_per_s"] = rates[
+                "random", False]
     numba.set_num_threads(threads[-1])
     return entry
+
+
+def _problem_2d(n):
+    """(operator, its stationary Gaussian's cell averages, flat) of the default case, n²."""
+    from fpsolver import theory
+    from fpsolver.case import default_case
+    from fpsolver.solve import setup_problem
+    prob = setup_problem(default_case(), cells=n)
+    return prob.op, theory.gaussian_cell_averages(*prob.stationary, prob.grid.edges).ravel()
+
+
+def _problem_4d(n):
+    """(operator, its stationary Gaussian's cell averages, flat) of the §13 case, n⁴."""
+    from fpsolver import theory
+    m, g, op = _operator_4d(n)
+    cov = theory.stationary_cov(m)
+    return op, theory.gaussian_cell_averages(m.stationary_mean, cov, g.edges).ravel()
 
 
 def throughput(repeats):
     import numba
 
-    from fpsolver.case import default_case
     from fpsolver.fv.policy import last_level_cache_bytes
-    from fpsolver.solve import setup_problem
     bandwidth, copy_bytes = _copy_bandwidth()
     llc = last_level_cache_bytes()
     bound = bandwidth / BYTES_PER_CELL
     threads = sorted({1, numba.get_num_threads()})
-    grids = [_kernel_rates(make(), threads, repeats, bound, llc)  # one operator alive at a time
-             for make in (lambda: setup_problem(default_case(), cells=256).op,
-                          lambda: setup_problem(default_case(), cells=2048).op,
-                          lambda: _operator_4d(32)[2], lambda: _operator_4d(64)[2])]
+    grids = [_kernel_rates(*make(), threads, repeats, bound, llc)  # one grid alive at a time
+             for make in [lambda n=n: _problem_2d(n) for n in (256, 2048)] +
+                         [lambda n=n: _problem_4d(n) for n in (32, 64)]]
     return {"copy_bandwidth_GBps": bandwidth / 1e9, "copy_array_MB": copy_bytes / 1e6,
             "bytes_per_cell": BYTES_PER_CELL,
             "last_level_cache_MB": None if llc is None else llc / 1e6, "grids": grids}
