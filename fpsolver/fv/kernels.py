@@ -213,10 +213,9 @@ def _outer_run(lo, hi, u0, du, dk, w, p, ll, l, r, rr, jac, modes, k, out, o):
     every face that does not saturate gets the same bits on both paths. A resolved density
     saturates only in its far tails (the default case's stationary Gaussian: a κ = 1/3
     slope beyond the cell's density in either direction in no cell at 128², in 44 % of
-    the cells at 64²). One thread, ns per cell update on that
-    Gaussian: 128² 1.99 → 1.62, 256² 1.87 → 1.42 (two threads 0.95 → 0.71), 2048² 2.68 →
-    2.11; on random densities, which saturate in every chunk, within ±1 % (44² to 256²,
-    32⁴). Runs shorter than SMOOTH_MIN_RUN take the full path at once: trying the smooth
+    the cells at 64²). One thread, ns per cell update on that Gaussian: 128² 1.99 → 1.62,
+    256² 1.87 → 1.42 (two threads 0.95 → 0.71), 2048² 2.68 → 2.11; on random densities,
+    which saturate in every chunk, within ±1 % (44² to 256², 32⁴). Runs shorter than SMOOTH_MIN_RUN take the full path at once: trying the smooth
     one made rows of 44 and 32 cells 7-13 % slower on any density."""
     if jac != SCHEME or hi - lo < SMOOTH_MIN_RUN:
         _face_loop(lo, hi, u0, du, dk, w, p, ll, l, r, rr, jac, False, out, o)
