@@ -41,8 +41,8 @@ Sections (one JSON object, same machine and run):
   threads, on a random density (every chunk of faces saturates: the kernel's slowest
   case) and on the model's stationary Gaussian (``gaussian_*``: rows of 128+ cells take
   the smooth path), as a fraction of the memory-bandwidth bound: numpy copy bandwidth
-  (128 MiB array) / 16 bytes per cell update (p read, result written, float64; the kernel computes
-  face velocities from affine coefficients and reads no velocity array). Grids in cache
+  (128 MiB array) / 16 bytes per cell update (p read, result written, float64; the kernel
+  computes face velocities from affine coefficients and reads no velocity array). Grids in cache
   (2-D 256², 4-D 32⁴) and beyond the last-level cache (2-D 2048², 4-D 64⁴: 34 and
   134 MB per array), where memory actually bounds the kernel; each records its array size
   and whether p and the result fit in the last-level cache. Beyond the cache the
@@ -540,10 +540,9 @@ def _kernel_rates(op, gaussian, threads, repeats, bound, llc):
     for th in threads:  # the kernel directly: threads_for would override the count
         numba.set_num_threads(th)
         rates = {}
-        for density, stream in [("random", s) for s in sorted({op.stream, False},
-                                                              reverse=True)] + [
-                ("gaussian", op.stream)]:
-            q = p if density == "random" else gaussian
+        cases = {("random", op.stream): p, ("random", False): p,  # one case if not streaming
+                 ("gaussian", op.stream): gaussian}
+        for (density, stream), q in cases.items():
             _rate_repeated(1, op, q, res, stream)
             t, _ = _best(repeats, _rate_repeated, reps, op, q, res, stream)
             rates[density, stream] = reps * op.size / t

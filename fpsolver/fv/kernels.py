@@ -48,13 +48,18 @@ MIN_CONTIGUOUS_LANES = 16  # ... taken from one contiguous block when it has thi
 
 
 @helper
+def _saturates(s, big):
+    """Whether s saturates against the bound B (|s| > B/2): the test of :func:`_saturation`,
+    and alone that of :func:`_flux`'s smooth path, so that both paths agree on it."""
+    return 2.0 * abs(s) > big
+
+
+@helper
 def _saturation(s, big):
-    """(saturated, q) for :func:`_saturate_with`: whether |s| > B/2, and q = B/(2|s|) in
-    [0, 1) there (B elsewhere). The one division of a saturation (:func:`_flux` computes
-    the test alone on its smooth path)."""
-    size = abs(s)
-    sat = 2.0 * size > big
-    return sat, big / (2.0 * size if sat else 1.0)
+    """(saturated, q) for :func:`_saturate_with`: :func:`_saturates`, and q = B/(2|s|) in
+    [0, 1) there (B elsewhere). The one division of a saturation."""
+    sat = _saturates(s, big)
+    return sat, big / (2.0 * abs(s) if sat else 1.0)
 
 
 @helper
@@ -129,8 +134,8 @@ def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac, diffusive, smooth):
             sw -= central * (aw - 2.0 * bw + dw) * (1.0 / 6.0)
     else:
         sw = 0.0
-    if smooth:  # _saturation's test alone: unsaturated, _saturate_with returns the slope
-        sat = 2.0 * abs(slope) > 2.0 * sign_up * up
+    if smooth:  # the test alone: unsaturated, _saturate_with returns the slope
+        sat = _saturates(slope, 2.0 * sign_up * up)
         face = wup + 0.5 * slope
     else:
         sat, q = _saturation(slope, 2.0 * sign_up * up)
@@ -147,7 +152,7 @@ def _flux(u, dif, wll, wl, wr, wrr, pll, pl, pr, prr, jac, diffusive, smooth):
     sign_src = 1.0 if src >= 0.0 else -1.0
     cap = DIFFUSION_CAP * dif
     if smooth:
-        sat_c = 2.0 * abs(c) > cap * sign_src * src
+        sat_c = _saturates(c, cap * sign_src * src)
         corr = c
     else:
         if jac == JACOBIAN:  # directions of c and p_src
@@ -215,8 +220,9 @@ def _outer_run(lo, hi, u0, du, dk, w, p, ll, l, r, rr, jac, modes, k, out, o):
     slope beyond the cell's density in either direction in no cell at 128², in 44 % of
     the cells at 64²). One thread, ns per cell update on that Gaussian: 128² 1.99 → 1.62,
     256² 1.87 → 1.42 (two threads 0.95 → 0.71), 2048² 2.68 → 2.11; on random densities,
-    which saturate in every chunk, within ±1 % (44² to 256², 32⁴). Runs shorter than SMOOTH_MIN_RUN take the full path at once: trying the smooth
-    one made rows of 44 and 32 cells 7-13 % slower on any density."""
+    which saturate in every chunk, within ±1 % (44² to 256², 32⁴). Runs shorter than
+    SMOOTH_MIN_RUN take the full path at once: trying the smooth one made rows of 44 and
+    32 cells 7-13 % slower on any density."""
     if jac != SCHEME or hi - lo < SMOOTH_MIN_RUN:
         _face_loop(lo, hi, u0, du, dk, w, p, ll, l, r, rr, jac, False, out, o)
         return
@@ -378,17 +384,17 @@ def _next_row_index(shape, idx):
 @helper
 def _row_rate(row, r0, idx, p, w, jac, shape, strides, vel0, velg, dif, cross, cross_lim,
               inv_h, acc, buf, ring, padw, padp, modes):
-    """The divergence −∇·F(w) of one row of a task that started at row r0, but for the last
-    axis: acc = the outer axes' part, buf[1:nl] = the last axis' interior face fluxes
-    between buf[0] = buf[nl] = 0 (the walls), so that the row's rate is
-    acc[j] + (buf[j] − buf[j + 1])·inv_h[-1] (:func:`_task_rows` adds them as it stores).
-    acc: scratch of the row's length, buf of nl + 1; ``ring`` holds, per outer axis k, the
-    right-face fluxes of the last strides[k]/nl rows: the left faces of this row are the
-    right faces of the row one step down axis k, computed once (again only where that row
-    precedes r0). Each outer axis' fluxes go to buf and then, in one loop, into acc and the
-    ring; :func:`_task_rows` adds the last axis' part as it stores (a loop each for the
-    left and right faces, one to clear acc and one for the last axis: one thread, ns per
-    cell update, same bits: 256² 2.00 → 1.94, 32⁴ 6.08 → 5.94, 16·16·16·128 6.65 → 6.30)."""
+    """The divergence −∇·F(w) of one row of a task that started at row r0, in two parts:
+    acc = the outer axes' part, buf[1:nl] = the last axis' interior face fluxes between
+    buf[0] = buf[nl] = 0 (the walls); the row's rate is acc[j] + (buf[j] − buf[j + 1])·
+    inv_h[-1], which :func:`_task_rows` adds as it stores. acc: scratch of the row's
+    length, buf of nl + 1; ``ring`` holds, per outer axis k, the right-face fluxes of the
+    last strides[k]/nl rows: the left faces of this row are the right faces of the row one
+    step down axis k, computed once (again only where that row precedes r0). Each outer
+    axis' fluxes go to buf and then, in one loop, into acc and the ring (a loop each for
+    the left and right faces, one to clear acc and one for the last axis: one thread, ns
+    per cell update, same bits: 256² 2.00 → 1.94, 32⁴ 6.08 → 5.94, 16·16·16·128 6.65 →
+    6.30)."""
     nd = shape.size
     nl = shape[nd - 1]
     c = row * nl
