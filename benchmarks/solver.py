@@ -49,7 +49,14 @@ Sections (one JSON object, same machine and run):
   operator writes with non-temporal stores (``streaming_stores``; plain stores read each
   output line first: 24 B per cell); those grids also report the plain-store rate. Note
   numpy's copy runs on one thread. On a shared machine the
-  second thread can be slower than one (it waits for a busy core).
+  second thread can be slower than one (it waits for a busy core). The arithmetic side
+  of the roofline: ``flux_ns_per_face`` times each kind of face flux alone (the kernel's
+  own face loops over one row of faces in the L1 cache, one thread: θ and v faces on the
+  smooth and the full path, the cross-diffusion's linear and saturated parts), and each
+  grid's ``arithmetic_ceiling`` adds up its faces per cell: the rate of ``--threads``
+  threads that did nothing but their fluxes and scaled perfectly, as a fraction of the
+  bound. The kernel cannot beat its ceiling; where the ceiling is below a target, no
+  bookkeeping can reach it.
 * ``stationary_4d``: THEORY.md §13 non-commuting case at ``--four-d`` cells per axis
   (Newton-GMRES); the 64⁴ target (≤ 5 min on 2 cores) needs ``--four-d 64``.
 * ``cli_warm``: wall time of a second ``fpsolver run`` on the default case (JIT cache warm).
@@ -524,6 +531,90 @@ def _rate_repeated(reps, op, p, res, stream):
         kernels.rate_kernel(p, p, False, *op.kernel_args(), stream, tasks, res)
 
 
+FACES_PER_PROBE = 256  # one row of faces: the probes' data stays in the L1 cache
+
+
+def _face_probes():
+    """Compiled loops that evaluate one kind of face flux alone, ``reps`` times over
+    FACES_PER_PROBE faces (the kernel's own face loops, nothing else): ``axis_faces`` along
+    an axis (``dif`` 0: a θ axis; ``stride``: the cells' spacing, the row length on an
+    outer axis), returning how many faces saturated; ``cross_faces`` the cross-diffusion
+    run (``dg``: linear part, ``dgl``: saturated part)."""
+    import numba
+
+    from fpsolver.fv.kernels import SCHEME, _cross_run, _face_loop
+    n = FACES_PER_PROBE
+
+    @numba.njit(error_model="numpy")
+    def axis_faces(w, dif, stride, smooth, reps, out):
+        saturated = 0
+        for _ in range(reps):  # u from −1 to 7: the sign change of a row
+            if smooth:
+                saturated += _face_loop(0, n, -1.0, 8.0 / n, dif, w, w, 0, stride,
+                                        2 * stride, 3 * stride, SCHEME, True, out, 0)
+            else:
+                saturated += _face_loop(0, n, -1.0, 8.0 / n, dif, w, w, 0, stride,
+                                        2 * stride, 3 * stride, SCHEME, False, out, 0)
+        return saturated
+
+    @numba.njit(error_model="numpy")
+    def cross_faces(w, dg, dgl, reps, out):
+        for _ in range(reps):
+            _cross_run(0, n, w, w, n + 1, 2 * n + 1, n, n + 2, 2 * n, 2 * n + 2, dg, dgl,
+                       SCHEME, out, 0)
+
+    return axis_faces, cross_faces
+
+
+def _flux_costs(repeats):
+    """ns per face of each kind of face flux on one thread, its data in the L1 cache (no
+    row set-up, padding, ring or stores around it): θ and v faces on the smooth path (a
+    density within 1e-3 of constant: nothing saturates) and the full one (a random
+    density: most faces saturate), and the cross-diffusion's linear and saturated parts."""
+    axis_faces, cross_faces = _face_probes()
+    n, reps = FACES_PER_PROBE, 20000
+    rng = np.random.default_rng(2)
+    densities = {"smooth": 1.0 + 1e-3 * rng.random(5 * n), "full": rng.random(5 * n)}
+    out = np.empty(n)
+    costs = {}
+    for axis, dif, stride in (("theta", 0.0, n), ("v", 0.5, 1)):
+        for path, w in densities.items():
+            smooth = path == "smooth"
+            saturated = axis_faces(w, dif, stride, smooth, 1, out)
+            if smooth != (saturated == 0):
+                raise RuntimeError(f"{axis} {path} probe: {saturated} of {n} faces saturate")
+            t, _ = _best(repeats, axis_faces, w, dif, stride, smooth, reps, out)
+            costs[f"{axis}_{path}"] = t / (reps * n) * 1e9
+    for part, dg, dgl in (("linear", 0.1, 0.0), ("saturated", 0.0, 0.05)):
+        cross_faces(densities["full"], dg, dgl, 1, out)
+        t, _ = _best(repeats, cross_faces, densities["full"], dg, dgl, reps, out)
+        costs[f"cross_{part}"] = t / (reps * n) * 1e9
+    return costs
+
+
+def _arithmetic_ceiling(op, costs, threads, bound):
+    """The rate kernel's ceiling from its face fluxes alone (:func:`_flux_costs`) on
+    ``op``: ns per cell update of one thread for its faces (one per axis, θ axes where
+    dif = 0, and the cross-diffusion runs between the two v axes), and the cell updates
+    per second of ``threads`` threads that scale perfectly with no other work, as a
+    fraction of the bandwidth bound; smooth (faces take the smooth path; the
+    cross-diffusion has none) and full."""
+    _, _, _, _, dif, cross, cross_lim, _ = op.kernel_args()
+    nd = dif.size
+    n_theta = int(np.sum(dif == 0.0))
+    pairs = [(nd - 2, nd - 1), (nd - 1, nd - 2)] if nd >= 4 else []
+    cross_ns = sum(costs["cross_linear"] * float(cross[k, b] != 0.0) +
+                   costs["cross_saturated"] * float(cross_lim[k, b] != 0.0) for k, b in pairs)
+    entry = {"theta_faces": n_theta, "v_faces": nd - n_theta,
+             "cross_runs": sum(bool(cross[k, b] or cross_lim[k, b]) for k, b in pairs)}
+    for path in ("smooth", "full"):
+        ns = (n_theta * costs[f"theta_{path}"] + (nd - n_theta) * costs[f"v_{path}"] +
+              cross_ns)
+        entry[f"{path}_ns_per_cell_update"] = float(ns)
+        entry[f"{path}_fraction_of_bound"] = float(threads * 1e9 / ns / bound)
+    return entry
+
+
 def _kernel_rates(op, gaussian, threads, repeats, bound, llc):
     """Cell updates/s of the explicit rate kernel on ``op`` for each thread count, with the
     stores the operator uses (non-temporal beyond the cache) and, where those stream, also
@@ -583,12 +674,17 @@ def throughput(repeats):
     llc = last_level_cache_bytes()
     bound = bandwidth / BYTES_PER_CELL
     threads = sorted({1, numba.get_num_threads()})
-    grids = [_kernel_rates(*make(), threads, repeats, bound, llc)  # one grid alive at a time
-             for make in [lambda n=n: _problem_2d(n) for n in (256, 2048)] +
-                         [lambda n=n: _problem_4d(n) for n in (32, 64)]]
+    costs = _flux_costs(repeats)
+    grids = []
+    for make in ([lambda n=n: _problem_2d(n) for n in (256, 2048)] +
+                 [lambda n=n: _problem_4d(n) for n in (32, 64)]):  # one grid alive at a time
+        op, gaussian = make()
+        grids.append(_kernel_rates(op, gaussian, threads, repeats, bound, llc))
+        grids[-1]["arithmetic_ceiling"] = _arithmetic_ceiling(op, costs, threads[-1], bound)
     return {"copy_bandwidth_GBps": bandwidth / 1e9, "copy_array_MB": copy_bytes / 1e6,
             "bytes_per_cell": BYTES_PER_CELL,
-            "last_level_cache_MB": None if llc is None else llc / 1e6, "grids": grids}
+            "last_level_cache_MB": None if llc is None else llc / 1e6,
+            "flux_ns_per_face": costs, "grids": grids}
 
 
 def stationary_4d(n):
