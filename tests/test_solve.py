@@ -286,10 +286,12 @@ def test_ctrl_c_during_a_multi_step_call_checkpoints_a_state_the_run_passed(tmp_
     """SIGINT arriving while the kernel advances several explicit steps at once (which
     overwrite p with the states between) takes effect after their bookkeeping: the
     checkpoint holds the state at its step, and the resumed run ends bit for bit where
-    the uninterrupted one does."""
+    the uninterrupted one does. SIGINT at Python's default handler, as in a terminal: a
+    shell's background job starts with it ignored, and the run then leaves it alone."""
     prob = setup_problem(default_case().replace(run={**TRANSIENT, "t_final": 1.5}), cells=24)
     full = evolve(prob.op, prob.p0, prob.t_final)
     ck = CheckpointTracker(tmp_path / "ck.npz", key="k", every_s=1e9, interval=7)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     real, calls = FPOperator.ssp_rk3_steps, []
 
     def interrupted(op, p, dt, steps, s1, s2, out):
@@ -300,8 +302,11 @@ def test_ctrl_c_during_a_multi_step_call_checkpoints_a_state_the_run_passed(tmp_
         return result
 
     monkeypatch.setattr(FPOperator, "ssp_rk3_steps", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        evolve(prob.op, prob.p0, prob.t_final, checkpoint=ck)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evolve(prob.op, prob.p0, prob.t_final, checkpoint=ck)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     monkeypatch.undo()
     assert calls == [7, 7]
     resume = load_checkpoint(tmp_path / "ck.npz", "k")
