@@ -41,8 +41,9 @@ Sections (one JSON object, same machine and run):
   threads, on a random density (every chunk of faces saturates: the kernel's slowest
   case) and on the model's stationary Gaussian (``gaussian_*``: rows of 128+ cells take
   the smooth path), as a fraction of the memory-bandwidth bound: numpy copy bandwidth
-  (128 MiB array) / 16 bytes per cell update (p read, result written, float64; the kernel
-  computes face velocities from affine coefficients and reads no velocity array). Grids in cache
+  (128 MiB array, the best of the copies timed before each grid and after the last) / 16
+  bytes per cell update (p read, result written, float64; the kernel computes face
+  velocities from affine coefficients and reads no velocity array). Grids in cache
   (2-D 256², 4-D 32⁴) and beyond the last-level cache (2-D 2048², 4-D 64⁴: 34 and
   134 MB per array), where memory actually bounds the kernel; each records its array size
   and whether p and the result fit in the last-level cache. Beyond the cache the
@@ -592,13 +593,12 @@ def _flux_costs(repeats):
     return costs
 
 
-def _arithmetic_ceiling(op, costs, threads, bound):
+def _arithmetic_ceiling(op, costs, threads):
     """The rate kernel's ceiling from its face fluxes alone (:func:`_flux_costs`) on
     ``op``: ns per cell update of one thread for its faces (one per axis, θ axes where
     dif = 0, and the cross-diffusion runs between the two v axes), and the cell updates
-    per second of ``threads`` threads that scale perfectly with no other work, as a
-    fraction of the bandwidth bound; smooth (faces take the smooth path; the
-    cross-diffusion has none) and full."""
+    per second of ``threads`` threads that scale perfectly with no other work; smooth
+    (faces take the smooth path; the cross-diffusion has none) and full."""
     _, _, _, _, dif, cross, cross_lim, _ = op.kernel_args()
     nd = dif.size
     n_theta = int(np.sum(dif == 0.0))
@@ -611,11 +611,11 @@ def _arithmetic_ceiling(op, costs, threads, bound):
         ns = (n_theta * costs[f"theta_{path}"] + (nd - n_theta) * costs[f"v_{path}"] +
               cross_ns)
         entry[f"{path}_ns_per_cell_update"] = float(ns)
-        entry[f"{path}_fraction_of_bound"] = float(threads * 1e9 / ns / bound)
+        entry[f"{path}_cell_updates_per_s"] = float(threads * 1e9 / ns)
     return entry
 
 
-def _kernel_rates(op, gaussian, threads, repeats, bound, llc):
+def _kernel_rates(op, gaussian, threads, repeats, llc):
     """Cell updates/s of the explicit rate kernel on ``op`` for each thread count, with the
     stores the operator uses (non-temporal beyond the cache) and, where those stream, also
     with plain stores, on a random density (every chunk of faces saturates: the kernel's
@@ -626,7 +626,7 @@ def _kernel_rates(op, gaussian, threads, repeats, bound, llc):
     res = np.empty_like(p)
     entry = {"cells": list(op.shape), "array_MB": p.nbytes / 1e6,
              "fits_in_cache": None if llc is None else 2 * p.nbytes <= llc,
-             "streaming_stores": op.stream, "bandwidth_bound_per_s": bound, "threads": {}}
+             "streaming_stores": op.stream, "threads": {}}
     reps = max(3, int(2e7 // op.size))
     for th in threads:  # the kernel directly: threads_for would override the count
         numba.set_num_threads(th)
@@ -639,9 +639,7 @@ def _kernel_rates(op, gaussian, threads, repeats, bound, llc):
             rates[density, stream] = reps * op.size / t
         rate, smooth = rates["random", op.stream], rates["gaussian", op.stream]
         entry["threads"][str(th)] = {"cell_updates_per_s": rate,
-                                     "fraction_of_bound": rate / bound,
-                                     "gaussian_cell_updates_per_s": smooth,
-                                     "gaussian_fraction_of_bound": smooth / bound}
+                                     "gaussian_cell_updates_per_s": smooth}
         if op.stream:
             entry["threads"][str(th)]["plain_stores_cell_updates_per_s"] = rates[
                 "random", False]
@@ -666,23 +664,44 @@ def _problem_4d(n):
     return op, theory.gaussian_cell_averages(m.stationary_mean, cov, g.edges).ravel()
 
 
+def _add_fractions(entry, bound):
+    """Each ``*cell_updates_per_s`` in ``entry`` (nested dicts) gets its
+    ``*fraction_of_bound`` beside it (the rate over ``bound``, cell updates/s)."""
+    for key, value in list(entry.items()):
+        if isinstance(value, dict):
+            _add_fractions(value, bound)
+        elif key.endswith("cell_updates_per_s"):
+            entry[key.replace("cell_updates_per_s", "fraction_of_bound")] = value / bound
+
+
 def throughput(repeats):
+    """The rate kernel's cell updates/s per grid and its arithmetic ceiling, with each as
+    a fraction of the bandwidth bound. The bound takes the best of the copy bandwidths
+    measured before each grid and after the last: this VM's copy bandwidth moved by 10 %
+    between runs (38.3 against 42.8 GB/s), and a bound is the best the machine does."""
     import numba
 
     from fpsolver.fv.policy import last_level_cache_bytes
-    bandwidth, copy_bytes = _copy_bandwidth()
+    samples = []
     llc = last_level_cache_bytes()
-    bound = bandwidth / BYTES_PER_CELL
     threads = sorted({1, numba.get_num_threads()})
     costs = _flux_costs(repeats)
     grids = []
     for make in ([lambda n=n: _problem_2d(n) for n in (256, 2048)] +
                  [lambda n=n: _problem_4d(n) for n in (32, 64)]):  # one grid alive at a time
+        samples.append(_copy_bandwidth())
         op, gaussian = make()
-        grids.append(_kernel_rates(op, gaussian, threads, repeats, bound, llc))
-        grids[-1]["arithmetic_ceiling"] = _arithmetic_ceiling(op, costs, threads[-1], bound)
-    return {"copy_bandwidth_GBps": bandwidth / 1e9, "copy_array_MB": copy_bytes / 1e6,
-            "bytes_per_cell": BYTES_PER_CELL,
+        grids.append(_kernel_rates(op, gaussian, threads, repeats, llc))
+        grids[-1]["arithmetic_ceiling"] = _arithmetic_ceiling(op, costs, threads[-1])
+    samples.append(_copy_bandwidth())
+    bandwidth, copy_bytes = max(samples)
+    bound = bandwidth / BYTES_PER_CELL
+    for grid in grids:
+        _add_fractions(grid, bound)
+    return {"copy_bandwidth_GBps": bandwidth / 1e9,
+            "copy_bandwidth_samples_GBps": [b / 1e9 for b, _ in samples],
+            "copy_array_MB": copy_bytes / 1e6, "bytes_per_cell": BYTES_PER_CELL,
+            "bandwidth_bound_per_s": bound,
             "last_level_cache_MB": None if llc is None else llc / 1e6,
             "flux_ns_per_face": costs, "grids": grids}
 
