@@ -550,6 +550,7 @@ def _face_probes():
     def axis_faces(w, dif, stride, smooth, reps, out):
         saturated = 0
         for _ in range(reps):  # u from −1 to 7: the sign change of a row
+            # smooth as a literal at each call, as _outer_run passes it: the kernel's code
             if smooth:
                 saturated += _face_loop(0, n, -1.0, 8.0 / n, dif, w, w, 0, stride,
                                         2 * stride, 3 * stride, SCHEME, True, out, 0)
